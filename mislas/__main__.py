@@ -1,0 +1,67 @@
+"""``python -m mislas describe ...``: one JSON object on stdout; bad input -> one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from mislas.errors import EXIT_USAGE, UsageError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but its errors are one line like every other usage error here."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="python -m mislas", description="MiSLAS tools.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    d = sub.add_parser("describe", help="counts, Many/Medium/Few splits and missing images of a data set")
+    d.add_argument("--dataset", required=True, help="a registered data set, e.g. cifar10_lt, places_lt")
+    d.add_argument("--data-root", default=None, help="folder with the data (pickles, IDX files or split lists)")
+    d.add_argument("--imb-factor", type=float, default=None, help="β = n_max / n_min (array sets only)")
+    d.add_argument("--n-max", type=int, default=None, help="images of the largest class (array sets only)")
+    d.add_argument("--check-files", action="store_true", help="stat every listed image and report the missing ones")
+    d.add_argument("--train-list", default=None, help="train list, absolute or relative to --data-root")
+    d.add_argument("--val-list", default=None, help="val list, absolute or relative to --data-root")
+    d.add_argument("--test-list", default=None, help="test list, absolute or relative to --data-root")
+    return parser
+
+
+def _describe(args: argparse.Namespace) -> dict[str, object]:
+    from mislas.data import describe
+
+    return describe(
+        args.dataset,
+        args.data_root,
+        imb_factor=args.imb_factor,
+        n_max=args.n_max,
+        check_files=args.check_files,
+        train_list=args.train_list,
+        val_list=args.val_list,
+        test_list=args.test_list,
+    )
+
+
+COMMANDS = {"describe": _describe}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = COMMANDS[args.command](args)
+    except UsageError as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the message held
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

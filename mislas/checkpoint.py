@@ -1,0 +1,68 @@
+"""Self-describing checkpoints, written atomically.
+
+Each file holds the run config and the data fingerprint beside the tensors, so a Stage-1
+checkpoint cannot silently be reused on other data or another Stage-1 recipe. Writes go to
+a temporary file in the same folder and are renamed over the target: a crash mid-write
+leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mislas.errors import UsageError
+
+FORMAT_VERSION = 1
+
+
+def save_atomic(payload: dict[str, Any], path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save({"format_version": FORMAT_VERSION, **payload}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise UsageError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        raise UsageError(f"checkpoint {path} is not a mislas checkpoint of format {FORMAT_VERSION}")
+    return payload
+
+
+def check_compatible(payload: dict[str, Any], path: Path, *, fingerprint: str, stage1: dict[str, Any] | None) -> None:
+    """Refuse a checkpoint made on other data or (for Stage 1) with another Stage-1 recipe."""
+    if payload.get("data_fingerprint") != fingerprint:
+        raise UsageError(
+            f"checkpoint {path} was made on other data (fingerprint {str(payload.get('data_fingerprint'))[:12]}, "
+            f"this data {fingerprint[:12]}); use the same dataset, imb_factor, n_max and data seed"
+        )
+    if stage1 is not None:
+        saved = payload.get("config", {}).get("stage1", {})
+        diff = sorted(k for k in stage1 if k != "pretrained" and _norm(saved.get(k)) != _norm(stage1[k]))
+        if diff:
+            raise UsageError(
+                f"checkpoint {path} was trained with another Stage-1 config (differs in {', '.join(diff)})"
+            )
+
+
+def _norm(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

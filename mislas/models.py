@@ -1,0 +1,222 @@
+"""Backbones and classifier heads, chosen by name from a registry.
+
+A :class:`Network` is ``classifier(body(trunk(x)))``. The trunk is frozen and always in
+eval mode (Places-LT's ImageNet-pretrained ResNet-152); the body is what Stage 1 trains
+and what Stage 2's shift learning re-estimates BN statistics on; the classifier maps
+features to logits and is what Stage 2 retrains. No device placement happens here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import models as tv_models
+from torchvision.models.resnet import Bottleneck
+
+from mislas.errors import UsageError
+
+
+class Network(nn.Module):
+    """Backbone (optional frozen trunk + trainable body) and a linear classifier."""
+
+    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int, trunk: nn.Module | None = None) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.body = body
+        self.feature_dim = feature_dim
+        self.classifier: nn.Module = nn.Linear(feature_dim, num_classes)
+        if trunk is not None:
+            trunk.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Network:
+        super().train(mode)
+        if self.trunk is not None:
+            self.trunk.eval()
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.trunk is not None:
+            with torch.no_grad():
+                x = self.trunk(x)
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class ScaledClassifier(nn.Module):
+    """Logits = s ⊙ (W x + b): MiSLAS's fine-tuned W + ΔW with a learnable per-class scale s.
+
+    ``train_weight`` and ``train_scale`` pick the variant: MiSLAS both, LWS the scale only.
+    """
+
+    def __init__(self, linear: nn.Linear, *, train_weight: bool, train_scale: bool) -> None:
+        super().__init__()
+        self.linear = linear
+        self.scale = nn.Parameter(torch.ones(linear.out_features, device=linear.weight.device))
+        self.linear.requires_grad_(train_weight)
+        self.scale.requires_grad_(train_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * self.scale
+
+    def effective_weight(self) -> torch.Tensor:
+        return self.linear.weight * self.scale[:, None]
+
+
+class TauNormClassifier(nn.Module):
+    """τ-normalised classifier (Kang et al.): w_i / ‖w_i‖^τ, no bias, no training."""
+
+    def __init__(self, linear: nn.Linear, tau: float) -> None:
+        super().__init__()
+        self.tau = float(tau)
+        norms = linear.weight.detach().norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.register_buffer("weight", linear.weight.detach() / norms.pow(self.tau))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+    def effective_weight(self) -> torch.Tensor:
+        return self.weight
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}"
+
+
+def effective_weight(classifier: nn.Module) -> torch.Tensor:
+    """The weight matrix that multiplies features, scale and τ included (for weight norms)."""
+    if isinstance(classifier, nn.Linear):
+        return classifier.weight
+    return classifier.effective_weight()  # type: ignore[operator]
+
+
+# --- ResNet-32 for 32x32 / 28x28 inputs (He et al. 2016, CIFAR variant) -------------------
+
+class _BasicBlock(nn.Module):
+    """CIFAR ResNet block with the parameter-free "option A" shortcut (zero-padded identity)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.stride = stride
+        self.pad = planes - in_planes
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1 and self.pad == 0:
+            return x
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet32Body(nn.Module):
+    """3 stages × 5 blocks, 16/32/64 channels, global average pool: 64-d features."""
+
+    def __init__(self, in_channels: int = 3, blocks_per_stage: int = 5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers: list[nn.Module] = []
+        in_planes = 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(blocks_per_stage):
+                layers.append(_BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+# --- torchvision ResNets -------------------------------------------------------------------
+
+_TV_RESNETS: dict[str, tuple[Callable[..., tv_models.ResNet], Callable[[], object]]] = {
+    "resnet50": (tv_models.resnet50, lambda: tv_models.ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101": (tv_models.resnet101, lambda: tv_models.ResNet101_Weights.IMAGENET1K_V1),
+    "resnet152": (tv_models.resnet152, lambda: tv_models.ResNet152_Weights.IMAGENET1K_V1),
+}
+
+
+def _load_pretrained(arch: str, model: nn.Module, pretrained: str) -> None:
+    """Weights from a local file, or torchvision's weights API ("torchvision", needs network)."""
+    if pretrained == "torchvision":
+        weights = _TV_RESNETS[arch][1]()
+        try:
+            state = weights.get_state_dict(progress=False)  # type: ignore[attr-defined]
+        except Exception as exc:  # network errors come in many types
+            raise UsageError(
+                f"could not fetch torchvision weights for {arch} ({type(exc).__name__}: {exc}); "
+                "download them where there is a network and pass --pretrained PATH"
+            ) from None
+    else:
+        path = Path(pretrained)
+        if not path.is_file():
+            raise UsageError(f"--pretrained: no such file {path}; give a torchvision {arch} state_dict (.pth)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    unexpected = [k for k in unexpected if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise UsageError(
+            f"--pretrained {pretrained}: not a {arch} state_dict (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+
+
+def _torchvision_resnet(arch: str, num_classes: int, pretrained: str | None) -> Network:
+    net = _TV_RESNETS[arch][0]()
+    if pretrained:
+        _load_pretrained(arch, net, pretrained)
+    feature_dim = net.fc.in_features
+    net.fc = nn.Identity()  # type: ignore[assignment]
+    return Network(net, feature_dim, num_classes)
+
+
+def _places_resnet152(num_classes: int, pretrained: str | None, load_pretrained: bool) -> Network:
+    """Frozen ImageNet ResNet-152 trunk + one trainable bottleneck block (2048→512→2048)."""
+    net = tv_models.resnet152()
+    if load_pretrained:
+        _load_pretrained("resnet152", net, pretrained or "torchvision")
+    trunk = nn.Sequential(*(list(net.children())[:-2]))  # up to layer4: [B, 2048, 7, 7]
+    body = nn.Sequential(Bottleneck(2048, 512), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Network(body, 2048, num_classes, trunk=trunk)
+
+
+ARCHS = ("resnet32", "resnet50", "resnet101", "resnet152", "resnet152_places")
+
+
+def build_model(
+    arch: str, num_classes: int, in_channels: int = 3, pretrained: str | None = None, *, load_pretrained: bool = True
+) -> Network:
+    """The backbone named ``arch`` with a fresh ``num_classes``-way linear classifier.
+
+    ``load_pretrained=False`` builds the bare architecture, for loading a checkpoint into.
+    """
+    if arch == "resnet32":
+        if pretrained:
+            raise UsageError("stage1.pretrained is not available for resnet32 (trained from scratch)")
+        return Network(ResNet32Body(in_channels), 64, num_classes)
+    if in_channels != 3:
+        raise UsageError(f"{arch} expects 3-channel images, the data set has {in_channels}")
+    if arch in _TV_RESNETS:
+        return _torchvision_resnet(arch, num_classes, pretrained if load_pretrained else None)
+    if arch == "resnet152_places":
+        return _places_resnet152(num_classes, pretrained, load_pretrained)
+    raise UsageError(f"unknown arch {arch!r}; allowed: {', '.join(ARCHS)}")

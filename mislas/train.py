@@ -1,0 +1,182 @@
+"""One two-stage run from the command line: ``python -m mislas.train --dataset D --out DIR``.
+
+The edge of the library: it builds the frozen config once (preset, flags, ``--set``),
+picks the device, trains or reuses Stage 1 under ``DIR/stage1``, runs the chosen Stage-2
+method under ``DIR/stage2-<method>``, and writes ``DIR/metrics.json``. Bad input exits
+with status 2 and one line naming the file, field or value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mislas.config import METHODS, PRESETS, RunConfig, apply_overrides, preset_config
+from mislas.data import DATASETS, LTData, load_dataset
+from mislas.errors import EXIT_USAGE, UsageError
+from mislas.stages import StageResult, load_stage1, resolve_device, train_stage1, train_stage2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mislas.train", description="Train MiSLAS (or a baseline) in two stages and evaluate it."
+    )
+    parser.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    parser.add_argument("--imb-factor", type=float, default=None, help="β = N_max/N_min for CIFAR/Fashion-MNIST-LT")
+    parser.add_argument("--method", default="mislas", help=f"one of {', '.join(METHODS)} (default mislas)")
+    parser.add_argument("--no-mixup", action="store_true", help="plain Stage 1 (no mixup)")
+    parser.add_argument("--data-root", default=None, help="folder with the data set's files")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (checkpoints, metrics.json)")
+    parser.add_argument("--preset", default="paper", help="paper = Table 6 budget; smoke = a small CPU budget")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. stage2.eps_1=0.3 (repeatable)")
+    parser.add_argument("--stage1-checkpoint", type=Path, default=None,
+                        help="reuse this finished Stage-1 checkpoint instead of DIR/stage1")
+    parser.add_argument("--pretrained", default=None,
+                        help="ImageNet weights file for torchvision ResNets (or 'torchvision' to download)")
+    parser.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    if args.dataset not in DATASETS:
+        raise UsageError(f"--dataset: unknown data set {args.dataset!r}; allowed: {', '.join(DATASETS)}")
+    if args.method not in METHODS:
+        raise UsageError(f"--method: unknown method {args.method!r}; allowed: {', '.join(METHODS)}")
+    if args.preset not in PRESETS:
+        raise UsageError(f"--preset: unknown preset {args.preset!r}; allowed: {', '.join(PRESETS)}")
+    cfg = preset_config(args.preset, args.dataset, args.imb_factor)
+    cfg = replace(
+        cfg,
+        data=replace(cfg.data, data_root=args.data_root),
+        stage1=replace(cfg.stage1, mixup=not args.no_mixup, pretrained=args.pretrained or cfg.stage1.pretrained),
+        stage2=replace(cfg.stage2, method=args.method),
+        seed=cfg.seed if args.seed is None else args.seed,
+        device=args.device or cfg.device,
+    )
+    return apply_overrides(cfg, args.overrides)
+
+
+def load_data(cfg: RunConfig) -> LTData:
+    d = cfg.data
+    return load_dataset(
+        d.dataset, d.data_root, imb_factor=d.imb_factor, n_max=d.n_max, seed=d.seed, val_per_class=d.val_per_class,
+        train_list=d.train_list, val_list=d.val_list, test_list=d.test_list, download=d.download,
+    )
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+
+
+def _result_json(result: StageResult) -> dict[str, Any]:
+    return {"val": result.val.summary(), "test": result.test.summary()}
+
+
+def write_json_atomic(payload: dict[str, Any], path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".metrics.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2, default=_jsonable)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return [None if (isinstance(v, float) and np.isnan(v)) else v for v in value.tolist()]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def run(cfg: RunConfig, out: Path, *, stage1_checkpoint: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Both stages for ``cfg``; returns (and writes to ``out/metrics.json``) the metrics."""
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    t0 = time.perf_counter()
+    data = load_data(cfg)
+    if progress:
+        print(f"[data] {data.name}: {len(data.train.labels)} train / {len(data.val.labels)} val / "
+              f"{len(data.test.labels)} test images, {data.num_classes} classes, counts "
+              f"{max(data.class_counts)}..{min(data.class_counts)}; device {device_name(device)}",
+              file=sys.stderr, flush=True)
+    t_data = time.perf_counter()
+    if stage1_checkpoint is not None:
+        model = load_stage1(stage1_checkpoint, data, cfg, device)
+        stage1 = train_stage2(data, model, replace(cfg, stage2=replace(cfg.stage2, method="ce")), device=device,
+                              progress=False)
+    else:
+        stage1 = train_stage1(data, cfg, device=device, checkpoint_dir=out / "stage1", progress=progress)
+    t_stage1 = time.perf_counter()
+    stage2_dir = out / f"stage2-{cfg.stage2.method}"
+    stage2 = train_stage2(data, stage1.model, cfg, device=device, checkpoint_dir=stage2_dir, progress=progress)
+    t_stage2 = time.perf_counter()
+    metrics: dict[str, Any] = {
+        **_result_json(stage2),
+        "method": cfg.stage2.method,
+        "mixup": cfg.stage1.mixup,
+        "las_target": cfg.stage2.las_target if cfg.stage2.method == "mislas" else None,
+        "stage1": _result_json(stage1),
+        "extras": {k: v for k, v in stage2.extras.items()},
+        "per_class": {
+            "train_count": list(data.class_counts),
+            "test_acc": stage2.test.per_class_acc,
+            "weight_norm": stage2.weight_norms,
+        },
+        "reliability": {"test": stage2.test.reliability},
+        "epochs": [r.__dict__ for r in stage2.epochs],
+        "wall_s": {"data": t_data - t0, "stage1": t_stage1 - t_data, "stage2": t_stage2 - t_stage1},
+        "device": device_name(device),
+        "torch_version": torch.__version__,
+        "data_fingerprint": data.fingerprint,
+        "config": cfg.to_dict(),
+    }
+    write_json_atomic(metrics, out / "metrics.json")
+    return metrics
+
+
+def _format_row(name: str, summary: dict[str, float | None]) -> str:
+    def f(v: float | None) -> str:
+        return "   -  " if v is None else f"{v:6.2f}"
+    return (f"{name:<14} {f(summary['acc'])} {f(summary['acc_many'])} {f(summary['acc_medium'])} "
+            f"{f(summary['acc_few'])} {f(summary['ece'])} {f(summary['nll'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+        metrics = run(cfg, args.out, stage1_checkpoint=args.stage1_checkpoint, progress=not args.quiet)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    stage1_name = "CE+mixup" if cfg.stage1.mixup else "CE"
+    method_name = {"mislas": "MiSLAS", "ce": stage1_name, "crt": "cRT", "lws": "LWS", "tau_norm": "tau-norm"}
+    label = method_name[cfg.stage2.method] + ("" if cfg.stage2.method in ("mislas", "ce") or not cfg.stage1.mixup
+                                              else "+mixup")
+    print(f"\ntest split      {'All':>6} {'Many':>6} {'Med':>6} {'Few':>6} {'ECE':>6} {'NLL':>6}")
+    print(_format_row(stage1_name + " (S1)", metrics["stage1"]["test"]))
+    print(_format_row(label, metrics["test"]))
+    print(f"\nmetrics: {args.out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

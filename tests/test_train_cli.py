@@ -1,0 +1,79 @@
+"""``python -m mislas.train``: a real two-stage run end to end, and bad input exiting with 2."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _train(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mislas.train", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_two_stage_run_writes_metrics(tmp_path: Path, make_fashion_mnist) -> None:
+    root = make_fashion_mnist(tmp_path / "fm", per_class=60, test_per_class=6)
+    out = tmp_path / "run"
+    proc = _train("--dataset", "fashion_mnist_lt", "--data-root", root, "--out", out, "--preset", "smoke",
+                  "--imb-factor", "10", "--set", "data.n_max=40", "--set", "data.val_per_class=4", "--set", "stage1.epochs=1",
+                  "--set", "stage2.epochs=2", "--set", "stage2.batch_size=32", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "[stage2 mislas] epoch 2/2" in proc.stderr  # progress is shown
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("val", "test"):
+        summary = metrics[split]
+        assert set(summary) >= {"acc", "acc_many", "acc_medium", "acc_few", "ece", "mce", "nll"}
+        assert 0 <= summary["acc"] <= 100 and 0 <= summary["ece"] <= 100 and summary["nll"] > 0
+        assert summary["acc_many"] is None  # n_max 40: no class has more than 100 images
+    assert metrics["config"]["stage2"]["method"] == "mislas" and metrics["las_target"] == "paper"
+    assert metrics["config"]["data"]["n_max"] == 40
+    assert len(metrics["per_class"]["weight_norm"]) == 10
+    assert all(math.isfinite(v) for v in metrics["per_class"]["weight_norm"])
+    assert (out / "stage1" / "stage1.pt").exists() and (out / "stage2-mislas" / "stage2.pt").exists()
+
+    # a baseline on the same Stage 1 reuses it instead of training again
+    proc = _train("--dataset", "fashion_mnist_lt", "--data-root", root, "--out", out, "--preset", "smoke",
+                  "--imb-factor", "10", "--set", "data.n_max=40", "--set", "data.val_per_class=4", "--set", "stage1.epochs=1",
+                  "--method", "lws", "--set", "stage2.epochs=1", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    lws = json.loads((out / "metrics.json").read_text())
+    assert lws["method"] == "lws" and lws["stage1"] == metrics["stage1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--dataset", "mnist_lt"), "mnist_lt"),
+        (("--dataset", "cifar10_lt", "--method", "focal"), "focal"),
+        (("--dataset", "cifar10_lt", "--set", "stage2.epsilon=0.1"), "stage2.epsilon"),
+        (("--dataset", "cifar10_lt", "--set", "stage2.eps_1=abc"), "stage2.eps_1"),
+        (("--dataset", "cifar10_lt", "--data-root", "/nonexistent/cifar"), "/nonexistent/cifar"),
+        (("--dataset", "cifar10_lt", "--preset", "huge"), "huge"),
+    ],
+)
+def test_bad_input_exits_2_naming_it(tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
+    line = _one_line_error(_train(*args, "--out", tmp_path / "o"))
+    assert needle in line
+
+
+def test_bad_split_list_line_exits_2(tmp_path: Path, make_list) -> None:
+    make_list(tmp_path / "Places_LT_train.txt", [("a/1.jpg", 0), ("a/2.jpg", 1)])
+    (tmp_path / "Places_LT_train.txt").write_text("a/1.jpg 0\nbroken-line-without-label\n")
+    make_list(tmp_path / "Places_LT_val.txt", [("v/1.jpg", 0)])
+    make_list(tmp_path / "Places_LT_test.txt", [("t/1.jpg", 400)])
+    line = _one_line_error(_train("--dataset", "places_lt", "--data-root", tmp_path, "--out", tmp_path / "o"))
+    assert "Places_LT_train.txt:2" in line
