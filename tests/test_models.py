@@ -1,0 +1,66 @@
+"""Backbones: shapes, parameter counts, the frozen Places-LT trunk, local pretrained weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision import models as tv_models
+
+from mislas.errors import UsageError
+from mislas.models import ScaledClassifier, TauNormClassifier, build_model, effective_weight
+
+
+def test_resnet32_shapes_and_size() -> None:
+    net = build_model("resnet32", 10, in_channels=1)
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert build_model("resnet32", 100)(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
+    params = sum(p.numel() for p in build_model("resnet32", 10).parameters())
+    assert 0.45e6 < params < 0.48e6  # He et al.: 0.46 M for ResNet-32 on CIFAR-10
+
+
+def test_places_model_freezes_trunk_and_trains_one_bottleneck() -> None:
+    net = build_model("resnet152_places", 365, load_pretrained=False)
+    assert net.trunk is not None
+    assert not any(p.requires_grad for p in net.trunk.parameters())
+    assert all(p.requires_grad for p in net.body.parameters())
+    net.train()
+    assert not net.trunk.training and net.body.training  # the trunk's BN never re-estimates
+    convs = [m for m in net.body.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(2048, 512), (512, 512), (512, 2048)]
+    feats = net.features(torch.zeros(1, 3, 64, 64))
+    assert feats.shape == (1, 2048)
+
+
+def test_pretrained_from_local_file(tmp_path: Path) -> None:
+    reference = tv_models.resnet50()
+    path = tmp_path / "r50.pth"
+    torch.save(reference.state_dict(), path)
+    net = build_model("resnet50", 7, pretrained=str(path))
+    assert torch.equal(net.body.conv1.weight, reference.conv1.weight)
+    assert net.classifier.out_features == 7
+
+
+def test_pretrained_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no such file"):
+        build_model("resnet50", 7, pretrained=str(tmp_path / "missing.pth"))
+    bad = tmp_path / "bad.pth"
+    torch.save({"conv9.weight": torch.zeros(1)}, bad)
+    with pytest.raises(UsageError, match="not a resnet50 state_dict"):
+        build_model("resnet50", 7, pretrained=str(bad))
+    with pytest.raises(UsageError, match="unknown arch"):
+        build_model("vgg16", 7)
+
+
+def test_heads_effective_weights() -> None:
+    linear = torch.nn.Linear(4, 3)
+    scaled = ScaledClassifier(linear, train_weight=True, train_scale=True)
+    with torch.no_grad():
+        scaled.scale.copy_(torch.tensor([1.0, 2.0, 0.5]))
+    x = torch.randn(5, 4)
+    assert torch.allclose(scaled(x), linear(x) * torch.tensor([1.0, 2.0, 0.5]))
+    assert torch.allclose(effective_weight(scaled), linear.weight * torch.tensor([[1.0], [2.0], [0.5]]))
+    tau = TauNormClassifier(linear, 1.0)
+    assert torch.allclose(effective_weight(tau).norm(dim=1), torch.ones(3), atol=1e-6)
+    assert torch.allclose(TauNormClassifier(linear, 0.0)(x), x @ linear.weight.T, atol=1e-6)
