@@ -1,0 +1,129 @@
+"""Vocabulary shared by the report's compute modules: groups, statuses, metric columns.
+
+A study may hold several data sets, imbalance factors and backbones; every table and figure of
+the report is made per group (dataset, β, arch), because numbers across groups do not compare.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+COMPLETE = "complete"
+STOPPED = "stopped_early"
+FAILED = "failed"
+KNOWN_STATUSES = (COMPLETE, STOPPED, FAILED)
+
+GROUP_COLS = ("dataset", "imb_factor", "arch")
+# The Stage-2 knobs the study searches (trials.parquet columns); a MiSLAS "setting" is one
+# combination of these (plus the Stage-1 mixup flag).
+TUNED_PARAMS = ("eps_1", "eps_k", "form", "p", "dw_ratio", "shift_bn", "las_target")
+FORMS = ("concave", "linear", "convex", "exp")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One column of the method comparison: its label, trials.parquet column and direction."""
+
+    label: str
+    column: str
+    higher_is_better: bool
+    decimals: int
+
+
+TEST_METRICS = (
+    Metric("Many", "test_acc_many", True, 2),
+    Metric("Medium", "test_acc_medium", True, 2),
+    Metric("Few", "test_acc_few", True, 2),
+    Metric("All", "test_acc", True, 2),
+    Metric("ECE", "test_ece", False, 2),
+    Metric("NLL", "test_nll", False, 3),
+)
+
+
+@dataclass(frozen=True, order=True)
+class GroupKey:
+    """One (dataset, β, arch) combination; β is None for list data sets."""
+
+    dataset: str
+    imb_factor: float | None
+    arch: str
+
+    @property
+    def label(self) -> str:
+        """Human-readable name, e.g. ``cifar10_lt, β=100, resnet32``."""
+        beta = "" if self.imb_factor is None else f", β={self.imb_factor:g}"
+        return f"{self.dataset}{beta}, {self.arch}"
+
+    @property
+    def slug(self) -> str:
+        """File-name-safe name, e.g. ``cifar10_lt-b100-resnet32``."""
+        beta = "" if self.imb_factor is None else f"-b{self.imb_factor:g}"
+        return f"{self.dataset}{beta}-{self.arch}".replace(".", "p").replace("/", "_")
+
+    def mask(self, frame: pd.DataFrame) -> pd.Series:
+        """Boolean mask of the rows of ``frame`` (a trials table) that belong to this group."""
+        beta = frame["imb_factor"].astype(float)
+        if self.imb_factor is None:
+            beta_ok = beta.isna()
+        else:
+            beta_ok = pd.Series(np.isclose(beta.fillna(-1.0), self.imb_factor), index=frame.index)
+        return (frame["dataset"] == self.dataset) & (frame["arch"] == self.arch) & beta_ok
+
+
+def _none_if_nan(value: object) -> float | None:
+    if value is None:
+        return None
+    as_float = float(value)  # type: ignore[arg-type]
+    return None if math.isnan(as_float) else as_float
+
+
+def groups_of(trials: pd.DataFrame) -> tuple[GroupKey, ...]:
+    """The study's groups, sorted by dataset, β, arch."""
+    if trials.empty:
+        return ()
+    combos = trials[list(GROUP_COLS)].drop_duplicates()
+    keys = {
+        GroupKey(str(row.dataset), _none_if_nan(row.imb_factor), str(row.arch))
+        for row in combos.itertuples(index=False)
+    }
+    return tuple(sorted(keys, key=lambda k: (k.dataset, k.imb_factor or 0.0, k.arch)))
+
+
+def complete_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """Only finished full-budget trials: stopped-early and failed ones carry partial or no values."""
+    return trials[trials["status"] == COMPLETE]
+
+
+def fmt_num(value: float | None, decimals: int) -> str:
+    """A number for a table cell; missing values (an empty split, a method not run) as an em dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.{decimals}f}"
+
+
+def fmt_mean_std(mean: float, std: float, n: int, decimals: int) -> str:
+    """``mean ± std`` over seeds when there are several, the plain mean otherwise."""
+    if n > 1 and not math.isnan(std) and not math.isnan(mean):
+        return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+    return fmt_num(mean, decimals)
+
+
+def fmt_param(name: str, value: object) -> str:
+    """One tuned parameter as ``name=value`` text (for captions and lists)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return f"{name}={'on' if value else 'off'}"
+    if isinstance(value, (float, np.floating)):
+        return f"{name}={float(value):.4g}"
+    return f"{name}={value}"
+
+
+def describe_setting(row: pd.Series | dict[str, object]) -> str:
+    """A MiSLAS setting in words, e.g. ``eps_1=0.3, eps_k=0, form=concave, …`` (null ones left out)."""
+    parts = [fmt_param(name, row.get(name)) for name in TUNED_PARAMS]
+    return ", ".join(part for part in parts if part)

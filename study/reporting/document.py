@@ -1,0 +1,293 @@
+"""Turn the computed tables into the report's document: formatted tables, figures, words."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+
+import pandas as pd
+
+from study.reporting import plots
+from study.reporting.common import TEST_METRICS, describe_setting, fmt_mean_std, fmt_num
+from study.reporting.comparison import ComparisonTable
+from study.reporting.compute import GroupTables, ReportTables
+from study.reporting.display import (Block, DisplayTable, Document, FigureArt, FigureBlock, Heading, Para,
+                                     TableBlock, table_from_frame)
+from study.reporting.published import SOURCES
+
+MAX_LISTED = 200  # longer lists of unfinished trials are cut, with a count of the rest
+OURS = "ours (test)"
+PUBLISHED = "published"
+
+
+def _fig(name: str, png: bytes, caption: str) -> FigureBlock:
+    return FigureBlock(FigureArt(name, png, caption))
+
+
+# --- method comparison -------------------------------------------------------------------------
+
+def _is_paper(table: ComparisonTable) -> bool:
+    ids = table.trial_ids
+    return bool(ids.get("MiSLAS (best tuned)")) and ids.get("MiSLAS (best tuned)") == ids.get("MiSLAS (paper setting)")
+
+
+def comparison_display(table: ComparisonTable) -> DisplayTable:
+    """The comparison with ours and (where the paper has them) published figures side by side."""
+    stats = table.stats
+    has_published = bool(stats["published_source"].astype(bool).any())
+    columns = [("", "Method"), ("", "seeds")] + [(OURS, m.label) for m in TEST_METRICS]
+    pub_metrics = [m for m in TEST_METRICS if m.label != "NLL"]
+    if has_published:
+        columns += [(PUBLISHED, m.label) for m in pub_metrics] + [(PUBLISHED, "source")]
+    rows, bold = [], []
+    for label, row in stats.iterrows():
+        n = int(row["n_seeds"])
+        cells = [str(label), str(n) if n else "—"]
+        marks = [False, False]
+        for m in TEST_METRICS:
+            cells.append(fmt_mean_std(row[f"{m.label}_mean"], row[f"{m.label}_std"], n, m.decimals))
+            marks.append(label in table.best.get(m.label, ()))
+        if has_published:
+            cells += [fmt_num(row[f"published_{m.label}"], 1 if m.label != "ECE" else 2) for m in pub_metrics]
+            cells.append(row["published_source"] or "—")
+            marks += [False] * (len(pub_metrics) + 1)
+        rows.append(tuple(cells))
+        bold.append(tuple(marks))
+    caption = (f"Method comparison, {table.group.label}: test top-1 (%) on Many / Medium / Few classes "
+               "(> 100, 20–100, < 20 training images) and All, ECE (%, 15 bins), NLL (nats); mean ± std over "
+               "seeds (complete trials). Bold: best of ours per column (highest accuracy, lowest ECE/NLL). "
+               "— : no value (empty split or not run).")
+    notes = []
+    if table.best_setting is not None:
+        b = table.best_setting
+        same = " (the paper setting)" if _is_paper(table) else ""
+        notes.append(f"MiSLAS (best tuned) = {describe_setting(b.params)}{same}; chosen on validation among "
+                     f"{b.n_settings} settings: val acc {b.val_acc:.2f}%, val ECE {b.val_ece:.2f}% "
+                     f"(mean over {b.n_seeds} seed{'s' if b.n_seeds != 1 else ''}).")
+    if has_published:
+        used = sorted({s for src in stats["published_source"] if src for s in src.split("+")})
+        notes.append("Published columns are figures reported by the paper, not computed from this study: "
+                     + "; ".join(f"{k} = {SOURCES[k]}" for k in used) + ".")
+    return DisplayTable(f"comparison-{table.group.slug}", caption, tuple(columns), tuple(rows), tuple(bold),
+                        " ".join(notes), to_tex=True)
+
+
+def comparison_section(groups: tuple[GroupTables, ...]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "1. Method comparison", "comparison")]
+    for g in groups:
+        blocks.append(Heading(3, g.group.label, f"comparison-{g.group.slug}"))
+        if g.comparison.stats.empty:
+            blocks.append(Para("No complete trials and no published figures for this group.", note=True))
+            continue
+        blocks.append(TableBlock(comparison_display(g.comparison)))
+    return blocks
+
+
+# --- ablations ---------------------------------------------------------------------------------
+
+def _forms_display(g: GroupTables) -> DisplayTable:
+    assert g.forms is not None
+    s = g.forms.stats
+    frame = pd.DataFrame({
+        "form": s.index, "trials": s["n"].astype(int),
+        "val acc mean ± std": [fmt_mean_std(m, sd, int(n), 2)
+                               for m, sd, n in zip(s["val_acc_mean"], s["val_acc_std"], s["n"])],
+        "val acc best": [fmt_num(v, 2) for v in s["val_acc_max"]],
+        "val ECE mean": [fmt_num(v, 2) for v in s["val_ece_mean"]],
+    })
+    return table_from_frame(f"forms-{g.group.slug}", f"Accuracy per related-function form, {g.group.label} "
+                            "(complete MiSLAS trials, validation split; std over trials).", frame,
+                            index=False, to_tex=True)
+
+
+def _importance_display(g: GroupTables) -> DisplayTable:
+    imp = g.importances
+    assert imp.table is not None
+    frame = imp.table.map(lambda v: f"{v:.3f}").rename(columns={"val_acc": "val accuracy", "val_ece": "val ECE"})
+    return table_from_frame(f"importance-{g.group.slug}", f"Parameter importances per objective, {g.group.label}: "
+                            f"{imp.evaluator}, normalised to sum 1 per objective; {imp.note}.", frame, to_tex=True)
+
+
+def _pareto_display(g: GroupTables) -> DisplayTable:
+    assert g.pareto is not None
+    pts = g.pareto.points
+    front = pts[pts["on_front"]].sort_values("val_acc", ascending=False)
+    frame = pd.DataFrame({
+        "trial": front["trial_id"], "setting": [describe_setting(r) for _, r in front.iterrows()],
+        "paper": ["yes" if v else "" for v in front["is_paper_setting"]],
+        "val acc": [fmt_num(v, 2) for v in front["val_acc"]], "val ECE": [fmt_num(v, 2) for v in front["val_ece"]],
+        "test acc": [fmt_num(v, 2) for v in front["test_acc"]], "test ECE": [fmt_num(v, 2) for v in front["test_ece"]],
+    })
+    caption = (f"Pareto front of val accuracy vs val ECE, {g.group.label}: {len(front)} of {len(pts)} complete "
+               f"trials are non-dominated; {g.pareto.n_excluded} stopped-early trials left out (partial budget).")
+    return table_from_frame(f"pareto-{g.group.slug}", caption, frame, index=False)
+
+
+def _ablation_blocks(g: GroupTables) -> list[Block]:
+    slug, label = g.group.slug, g.group.label
+    blocks: list[Block] = [Heading(3, label, f"ablations-{slug}")]
+    if g.n_mislas_complete == 0:
+        return blocks + [Para("No complete MiSLAS trials: no ablation for this group.", note=True)]
+    if g.heatmaps:
+        binned = " (ε values binned: many distinct values were tried)" if g.heatmaps[0].binned else ""
+        blocks.append(_fig(f"{slug}-eps-heatmaps", plots.heatmap_png(g.heatmaps),
+                           f"ε_1 × ε_K: mean val accuracy and val ECE over the complete MiSLAS trials in each "
+                           f"cell (n per cell){binned}; grey: not tried."))
+    if g.forms is not None:
+        blocks.append(_fig(f"{slug}-related-functions", plots.forms_png(g.forms),
+                           "Related functions f(N) of the tried forms over this data set's class counts (grey ticks), "
+                           f"with ε_1, ε_K of {g.forms.eps_source}; right: val accuracy per form (seed Fig. 8)."))
+        blocks.append(TableBlock(_forms_display(g)))
+    else:
+        blocks.append(Para("Related-function plot left out: no class counts (classes.parquet) or no form.", note=True))
+    if g.effects:
+        names = " and ".join("ΔW ratio" if e.param == "dw_ratio" else "p (exp form only)" for e in g.effects)
+        blocks.append(_fig(f"{slug}-effects", plots.effects_png(g.effects),
+                           f"Effect of {names}: each complete trial, and means over quantile bins of the parameter."))
+    if g.importances.table is not None:
+        blocks.append(_fig(f"{slug}-importances", plots.importances_png(g.importances),
+                           "Optuna parameter importances per objective (complete trials only)."))
+        blocks.append(TableBlock(_importance_display(g)))
+    else:
+        blocks.append(Para(f"Parameter importances not computed: {g.importances.note}.", note=True))
+    if g.pareto is not None:
+        blocks.append(_fig(f"{slug}-pareto", plots.pareto_png(g.pareto),
+                           "Val accuracy vs val ECE of complete (full-budget) trials; red: Pareto front; "
+                           "star: the paper's setting."))
+        blocks.append(TableBlock(_pareto_display(g)))
+    if not g.history.empty:
+        blocks.append(_fig(f"{slug}-history", plots.history_png(g.history),
+                           "Study history: objectives in finishing order (× = stopped early, partial values), "
+                           "best so far over complete trials."))
+    return blocks
+
+
+def ablation_section(groups: tuple[GroupTables, ...]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "2. Hyperparameter ablations (validation split)", "ablations")]
+    for g in groups:
+        blocks += _ablation_blocks(g)
+    return blocks
+
+
+# --- calibration -------------------------------------------------------------------------------
+
+def calibration_section(groups: tuple[GroupTables, ...]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "3. Calibration (test split)", "calibration")]
+    for g in groups:
+        slug = g.group.slug
+        blocks.append(Heading(3, g.group.label, f"calibration-{slug}"))
+        if g.reliability:
+            blocks.append(_fig(f"{slug}-reliability", plots.reliability_png(g.reliability),
+                               "Reliability diagrams, 15 bins, test split (seed Figs. 9–12): accuracy per confidence "
+                               "bin, red = gap to perfect calibration; bins pooled over the row's seeds (n trials), "
+                               "ECE from the pooled bins."))
+        else:
+            blocks.append(Para("No reliability bins (reliability.parquet) for this group's rows.", note=True))
+        if g.norms:
+            blocks.append(_fig(f"{slug}-weight-norms", plots.norms_png(g.norms),
+                               "Classifier weight norms ‖w_j‖ against class rank by training count (seed Figs. "
+                               "13–14): light = per class (mean over seeds), dark = moving average."))
+        else:
+            blocks.append(Para("No classifier weight norms (classes.parquet) for cRT, LWS or MiSLAS.", note=True))
+    return blocks
+
+
+# --- study status and provenance ---------------------------------------------------------------
+
+def _cell_text(value: object) -> str:
+    """Listing cells: floats to 2 decimals, times to the second, only an error's first line."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, (pd.Timestamp, datetime)):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value).strip().splitlines()[0] if str(value).strip() else "—"
+
+
+def _listing(key: str, caption: str, frame: pd.DataFrame) -> list[Block]:
+    if frame.empty:
+        return []
+    shown = frame.head(MAX_LISTED).astype(object).map(_cell_text)
+    more = len(frame) - len(shown)
+    note = f"{more} more not listed." if more > 0 else ""
+    return [TableBlock(table_from_frame(key, caption, shown, index=False, note=note))]
+
+
+def status_section(t: ReportTables) -> list[Block]:
+    s = t.status
+    blocks: list[Block] = [Heading(2, "0. Trials", "trials")]
+    blocks.append(TableBlock(table_from_frame(
+        "status-counts", "Trials in trials.parquet by group and status. Only complete trials enter the tables "
+        "and ablations; stopped-early (partial budget) and failed trials are listed below.", s.counts, to_tex=True)))
+    if s.optuna_states:
+        states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(s.optuna_states.items()))
+        blocks.append(Para(f"Optuna journal trial states: {states}. Running trials are not in trials.parquet yet."))
+    blocks += _listing("running", f"Running trials ({s.n_running}, from optuna.log).", s.running)
+    blocks += _listing("stopped", f"Stopped-early trials ({len(s.stopped)}): left out of tables, Pareto fronts "
+                       "and importances.", s.stopped)
+    blocks += _listing("failed", f"Failed trials ({len(s.failed)}).", s.failed)
+    blocks += _listing("other", f"Trials with another status ({len(s.other)}).", s.other)
+    return blocks
+
+
+def provenance_section(t: ReportTables) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "4. Provenance", "provenance")]
+    if not t.timeline.empty:
+        blocks.append(_fig("study-timeline", plots.timeline_png(t.timeline),
+                           "Study timeline: each trial from start to finish, coloured by status."))
+    blocks.append(TableBlock(table_from_frame("provenance", "Code, package versions and machines recorded by the "
+                                              "trials (number of trials with each value).", t.provenance, index=False)))
+    if t.settings:
+        flat = _flatten(t.settings)
+        settings = pd.DataFrame({"setting": list(flat), "value": [json.dumps(v, default=str) for v in flat.values()]})
+        blocks.append(TableBlock(table_from_frame("settings", "The study's settings (study.json).", settings,
+                                                  index=False)))
+    return blocks
+
+
+def _flatten(settings: dict[str, object], prefix: str = "") -> dict[str, object]:
+    """Nested study.json sections (e.g. ``identity``) as ``identity.datasets`` rows, one level deep."""
+    flat: dict[str, object] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and not prefix:
+            flat.update(_flatten(value, f"{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _setting(settings: dict[str, object], key: str) -> object | None:
+    """A setting from study.json's top level or its ``identity`` section (as study.run writes it)."""
+    identity = settings.get("identity")
+    if key in settings:
+        return settings[key]
+    return identity.get(key) if isinstance(identity, dict) else None
+
+
+def _summary(t: ReportTables) -> tuple[str, ...]:
+    counts = t.status.counts.loc["all"] if "all" in t.status.counts.index else pd.Series(dtype=int)
+    parts = ", ".join(f"{int(v)} {k}" for k, v in counts.items() if k != "total" and counts.get("total", 0))
+    hours = t.total_wall_s / 3600.0 if not math.isnan(t.total_wall_s) else 0.0
+    lines = [f"Study {t.study!r} at {t.root}", f"Trials: {parts or 'none finished yet'}; "
+             f"running (Optuna): {t.status.n_running}", f"Groups: {'; '.join(g.group.label for g in t.groups) or '—'}",
+             f"Trial wall time, summed: {hours:.2f} h"]
+    labels = {"objectives": "objectives", "budget": "budget", "trials": "MiSLAS trials per data set",
+              "seeds": "seeds", "methods": "methods", "scheduler": "scheduler", "created_at": "created"}
+    for key, label in labels.items():
+        value = _setting(t.settings, key)
+        if value is not None:
+            lines.append(f"{label}: {json.dumps(value, default=str)}")
+    return tuple(lines)
+
+
+def build_document(t: ReportTables) -> Document:
+    """The report's document from its computed tables (figures are drawn here)."""
+    blocks: list[Block] = [Para(n, note=True) for n in t.notes]
+    blocks += status_section(t)
+    blocks += comparison_section(t.groups)
+    blocks += ablation_section(t.groups)
+    blocks += calibration_section(t.groups)
+    blocks += provenance_section(t)
+    return Document(f"MiSLAS study report: {t.study}", _summary(t), tuple(blocks))
