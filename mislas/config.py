@@ -17,6 +17,7 @@ from typing import Any
 from mislas.errors import UsageError
 
 METHODS = ("mislas", "ce", "crt", "lws", "tau_norm")
+LOADERS = ("auto", "torch", "fast")
 PRESETS = ("paper", "smoke")
 SCHEDULES = ("multistep", "cosine")
 
@@ -34,8 +35,18 @@ class DataConfig:
     val_list: str | None = None
     test_list: str | None = None
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int | str = "auto"  # "auto": the CPUs Ray / the affinity mask give, minus one
     download: bool = False
+    # "auto": in-memory sets (CIFAR, Fashion-MNIST) on the device-resident fast path
+    # (mislas.fastpath), list sets through the DataLoader; "torch" forces the DataLoader.
+    loader: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.loader not in LOADERS:
+            raise UsageError(f"data.loader must be one of {', '.join(LOADERS)}, got {self.loader!r}")
+        nw = self.num_workers
+        if not (nw == "auto" or (isinstance(nw, int) and not isinstance(nw, bool) and nw >= 0)):
+            raise UsageError(f"data.num_workers must be an integer >= 0 or 'auto', got {nw!r}")
 
 
 @dataclass(frozen=True)
@@ -221,7 +232,12 @@ def _convert(key: str, text: str, annotation: Any) -> Any:
             if type(None) in args:
                 return None
         non_none = [a for a in args if a is not type(None)]
-        return _convert(key, text, non_none[0])
+        for arm in non_none[:-1]:  # e.g. ``int | str``: the first type that reads the text
+            try:
+                return _convert(key, text, arm)
+            except UsageError:
+                pass
+        return _convert(key, text, non_none[-1])
     try:
         if ann is bool:
             low = text.lower()

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mislas import checkpoint
+from mislas import checkpoint, fastpath
 from mislas.config import RunConfig, Stage1Config
 from mislas.errors import UsageError
 from mislas.data import LTData, eval_transform, make_loader, train_transform
+from mislas.data.loaders import SamplerName
 from mislas.las import LabelAwareSmoothing
 from mislas.metrics import EvalResult, classifier_weight_norms, evaluate_logits
 from mislas.models import Network, ScaledClassifier, TauNormClassifier, build_model, effective_weight
@@ -102,7 +103,11 @@ class Mixup:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
         lam = float(self.rng.beta(self.alpha, self.alpha))
-        perm = torch.randperm(x.shape[0], generator=self.gen).to(x.device)
+        perm = torch.randperm(x.shape[0], generator=self.gen)
+        if x.device.type == "cuda":  # a pageable host->device copy would wait for the GPU every step
+            perm = perm.pin_memory().to(x.device, non_blocking=True)
+        else:
+            perm = perm.to(x.device)
         return lam * x + (1.0 - lam) * x[perm], y, y[perm], lam
 
     def __repr__(self) -> str:
@@ -117,6 +122,11 @@ def _log(progress: bool, message: str) -> None:
 def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    """float64 for loss sums on the device (MPS has none: float32 there)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _autocast(device: torch.device) -> torch.autocast:
@@ -146,7 +156,8 @@ def run_epoch(
     """
     model.train()
     model.body.train(backbone_bn_train)
-    total, count = 0.0, 0
+    # Summed on the device, without a host sync per batch; float64 gives the same sum as Python floats.
+    total, count = torch.zeros((), dtype=_sum_dtype(device), device=device), 0
     for x, y in batches:
         x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
         with _autocast(device):
@@ -165,9 +176,9 @@ def run_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss.detach()) * y.shape[0]
+        total += loss.detach().to(total.dtype) * y.shape[0]
         count += y.shape[0]
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 @torch.no_grad()
@@ -180,11 +191,16 @@ def predict(
     for x, y in batches:
         with _autocast(device):
             logits.append(model(_to_device(x, device, channels_last)).float().cpu())
-        labels.append(y)
+        labels.append(y.cpu())
     return torch.cat(logits), torch.cat(labels)
 
 
-def eval_batches(data: LTData, split: str, cfg: RunConfig) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(data: LTData, split: str, cfg: RunConfig,
+                 device: torch.device | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Sequential eval batches: on ``device`` via the fast path when ``cfg.data.loader`` selects it."""
+    if device is not None and fastpath.selected(getattr(data, split), cfg.data.loader):
+        return fastpath.eval_batches(data, split, device=device, batch_size=cfg.eval.batch_size,
+                                     channels_last=cfg.channels_last)
     return make_loader(
         getattr(data, split), eval_transform(data), batch_size=cfg.eval.batch_size, sampler="sequential",
         num_classes=data.num_classes, generator=torch.Generator().manual_seed(0), num_workers=cfg.data.num_workers,
@@ -193,7 +209,7 @@ def eval_batches(data: LTData, split: str, cfg: RunConfig) -> Iterable[tuple[tor
 
 def evaluate_split(model: Network, data: LTData, split: str, cfg: RunConfig, device: torch.device) -> EvalResult:
     """Top-1 (All/Many/Medium/Few), ECE, MCE, NLL and reliability bins on ``split``."""
-    logits, labels = predict(model, eval_batches(data, split, cfg), device, cfg.channels_last)
+    logits, labels = predict(model, eval_batches(data, split, cfg, device), device, cfg.channels_last)
     return evaluate_logits(
         logits, labels, data.class_counts, n_bins=cfg.eval.n_bins, many_above=cfg.eval.many_above,
         few_below=cfg.eval.few_below, index_ranges=cfg.eval.index_ranges,
@@ -208,8 +224,17 @@ def _finish(model: Network, data: LTData, cfg: RunConfig, device: torch.device, 
     return StageResult(model, val, test, records, norms, extras or {})
 
 
-def _train_loader(data: LTData, cfg: RunConfig, *, sampler: str, batch_size: int, generator: torch.Generator,
-                  samples_per_class: int = 4) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+def _train_loader(data: LTData, cfg: RunConfig, *, sampler: SamplerName, batch_size: int,
+                  generator: torch.Generator, samples_per_class: int = 4,
+                  device: torch.device | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Training batches: device-resident (:mod:`mislas.fastpath`) when selected, else a DataLoader.
+
+    Either way each epoch's order and augmentation come from ``generator``, reseeded per epoch.
+    """
+    if device is not None and fastpath.selected(data.train, cfg.data.loader):
+        return fastpath.train_batches(data, device=device, sampler=sampler, batch_size=batch_size,
+                                      generator=generator, samples_per_class=samples_per_class,
+                                      channels_last=cfg.channels_last)
     return make_loader(
         data.train, train_transform(data), batch_size=batch_size, sampler=sampler, num_classes=data.num_classes,
         generator=generator, num_workers=cfg.data.num_workers, samples_per_class=samples_per_class,
@@ -271,7 +296,8 @@ def train_stage1(
         _log(progress, f"[stage1] resuming after epoch {state['epoch']} from {partial}")
 
     generator = torch.Generator()
-    batches = _train_loader(data, cfg, sampler="instance", batch_size=s1.batch_size, generator=generator)
+    batches = _train_loader(data, cfg, sampler="instance", batch_size=s1.batch_size, generator=generator,
+                            device=device)
     t0 = time.perf_counter() - (records[-1].wall_s if records else 0.0)
     for epoch in range(start, s1.epochs + 1):
         seed = epoch_seed(cfg.seed, 1, epoch)
@@ -381,7 +407,7 @@ def _tau_norm(model: Network, data: LTData, cfg: RunConfig, device: torch.device
     """τ-normalisation with τ chosen on the validation split (never on test)."""
     linear = model.classifier
     assert isinstance(linear, nn.Linear)
-    feats, labels = predict(_Features(model), eval_batches(data, "val", cfg), device, cfg.channels_last)
+    feats, labels = predict(_Features(model), eval_batches(data, "val", cfg, device), device, cfg.channels_last)
     best_tau, best_acc = 0.0, -1.0
     for tau in cfg.stage2.tau_grid:
         head = TauNormClassifier(linear, tau).cpu()
@@ -447,7 +473,7 @@ def train_stage2(
 
     generator = torch.Generator()
     batches = _train_loader(data, cfg, sampler="class_aware", batch_size=s2.batch_size, generator=generator,
-                            samples_per_class=s2.samples_per_class)
+                            samples_per_class=s2.samples_per_class, device=device)
     t0 = time.perf_counter() - (records[-1].wall_s if records else 0.0)
     val: EvalResult | None = None
     for epoch in range(start, s2.epochs + 1):

@@ -1,11 +1,20 @@
-"""``make_loader``: a split, a transform and a sampling rule -> a DataLoader."""
+"""``make_loader``: a split, a transform and a sampling rule -> a DataLoader.
+
+Also ``epoch_order``, the one definition of an epoch's sample order, shared with the
+device-resident fast path (:mod:`mislas.fastpath`) so both paths draw the same order from
+the same generator, and ``resolve_num_workers`` ("auto": the CPUs this process was given,
+by Ray inside a trial or by the affinity mask, minus one for the training loop).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+import sys
+from collections.abc import Iterator, Sized
+from typing import Any, Literal
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from mislas.data.datasets import Transform, as_torch_dataset
 from mislas.data.samplers import ClassAwareSampler
@@ -14,6 +23,110 @@ from mislas.errors import UsageError
 
 SAMPLERS = ("instance", "class_aware", "sequential")
 SamplerName = Literal["instance", "class_aware", "sequential"]
+NumWorkers = int | Literal["auto"]
+DEFAULT_PREFETCH = 4
+"""Batches each worker keeps ready (torch's default is 2): slack for uneven JPEG decode times."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may use, most specific source first.
+
+    ``MISLAS_NUM_CPUS`` (an explicit override); inside a Ray task or actor (a Tune trial) the
+    CPUs Ray assigned to it, read only if this process already imported and initialised Ray;
+    else the scheduler's affinity mask (taskset, cgroup cpusets), else ``os.cpu_count()``.
+    """
+    env = os.environ.get("MISLAS_NUM_CPUS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise UsageError(f"MISLAS_NUM_CPUS must be a positive integer, got {env!r}") from None
+    ray = sys.modules.get("ray")
+    if ray is not None:
+        try:
+            if ray.is_initialized():
+                cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+                if cpus:
+                    return max(1, int(cpus))
+        except Exception:  # not in a worker, or an older Ray: fall back to the affinity mask
+            pass
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def resolve_num_workers(num_workers: NumWorkers) -> int:
+    """``"auto"``: one fewer than :func:`available_cpus` (the training loop keeps one), at least 0."""
+    if num_workers == "auto":
+        return max(available_cpus() - 1, 0)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise UsageError(f"num_workers >= 0 or 'auto' must hold, got num_workers={num_workers!r}")
+    return num_workers
+
+
+def epoch_order(
+    sampler: SamplerName, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
+    samples_per_class: int = 4,
+) -> torch.Tensor:
+    """One epoch's sample indices (int64, CPU), drawn from ``generator``.
+
+    ``instance``: one ``randperm`` (a plain shuffle); ``class_aware``: fresh
+    :class:`ClassAwareSampler` cycles from the generator's state, i.e. what a sampler with
+    ``restart_each_epoch=True`` draws; ``sequential``: split order, no draw.
+    """
+    n = int(labels.shape[0])
+    if sampler == "instance":
+        return torch.randperm(n, generator=generator)
+    if sampler == "class_aware":
+        cas = ClassAwareSampler(labels, num_classes, samples_per_class=samples_per_class, generator=generator)
+        return torch.from_numpy(cas.epoch_indices())
+    if sampler == "sequential":
+        return torch.arange(n)
+    raise UsageError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
+
+
+class _SeededOrder(Sampler[tuple[int, int]]):
+    """Yields ``(index, seed)``: the epoch's order, then one augmentation seed per position.
+
+    Why: with persistent workers a worker's RNG would run on across epochs, so a run resumed
+    at epoch e would augment differently from an uninterrupted one, and the result would
+    depend on the worker count. Drawing every seed from the (per-epoch reseeded) generator
+    makes each item's augmentation a function of (seed, epoch, position) alone.
+    """
+
+    def __init__(self, kind: SamplerName, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
+                 samples_per_class: int) -> None:
+        self.kind, self.labels, self.num_classes = kind, labels, num_classes
+        self.generator, self.samples_per_class = generator, samples_per_class
+        n = int(labels.shape[0])
+        self.length = num_classes * int(torch.bincount(labels, minlength=num_classes).max()) if (
+            kind == "class_aware" and n) else n
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = epoch_order(self.kind, self.labels, num_classes=self.num_classes, generator=self.generator,
+                            samples_per_class=self.samples_per_class)
+        base = int(torch.randint(0, 2**62, (), generator=self.generator))
+        return iter(zip(order.tolist(), range(base, base + order.numel())))
+
+
+class _SeededItems(Dataset[tuple[Any, int]]):
+    """``dataset[index]`` with torch's CPU RNG seeded by the item's seed (state restored after)."""
+
+    def __init__(self, dataset: Dataset[tuple[Any, int]]) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        assert isinstance(self.dataset, Sized)
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Any, int]:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            return self.dataset[index]
 
 
 def make_loader(
@@ -24,40 +137,50 @@ def make_loader(
     sampler: SamplerName = "instance",
     num_classes: int,
     generator: torch.Generator,
-    num_workers: int = 0,
+    num_workers: NumWorkers = 0,
     drop_last: bool = False,
     samples_per_class: int = 4,
+    prefetch_factor: int = DEFAULT_PREFETCH,
+    pin_memory: bool | None = None,
 ) -> DataLoader[tuple[torch.Tensor, int]]:
     """A DataLoader over ``split``.
 
     ``instance``: a plain shuffle (Stage 1); ``class_aware``: :class:`ClassAwareSampler` with
-    runs of 4 (Stage 2); ``sequential``: split order (evaluation). ``generator`` drives the
-    sampler and the workers' base seed, so worker-side augmentation is reproducible too; with
-    ``num_workers=0`` augmentation draws from torch's global RNG (seeded by the caller).
-    Workers persist across epochs, and memory is pinned when CUDA is available.
+    runs of ``samples_per_class`` (Stage 2); ``sequential``: split order (evaluation).
+    ``generator`` draws each epoch's order and then one augmentation seed per item (see
+    :class:`_SeededOrder`), so a caller that reseeds it per epoch gets the same batches with
+    any worker count, and on resume. ``num_workers="auto"`` uses :func:`resolve_num_workers`;
+    workers persist across epochs and keep ``prefetch_factor`` batches ready; memory is
+    pinned when CUDA is available (``pin_memory`` overrides).
     """
     if batch_size < 1:
         raise UsageError(f"batch_size >= 1 must hold, got batch_size={batch_size}")
-    if num_workers < 0:
-        raise UsageError(f"num_workers >= 0 must hold, got num_workers={num_workers}")
-    dataset = as_torch_dataset(split, transform)
-    chosen: Sampler[int]
-    if sampler == "instance":
-        chosen = RandomSampler(dataset, generator=generator)
-    elif sampler == "class_aware":
-        chosen = ClassAwareSampler(split.labels, num_classes, samples_per_class=samples_per_class, generator=generator,
-                                   restart_each_epoch=True)
-    elif sampler == "sequential":
+    workers = resolve_num_workers(num_workers)
+    if prefetch_factor < 1:
+        raise UsageError(f"prefetch_factor >= 1 must hold, got prefetch_factor={prefetch_factor}")
+    dataset: Dataset[Any] = as_torch_dataset(split, transform)
+    chosen: Sampler[Any]
+    if sampler == "sequential":
         chosen = SequentialSampler(dataset)
+    elif sampler in ("instance", "class_aware"):
+        if sampler == "class_aware":  # check the labels now, not at the first epoch
+            ClassAwareSampler(split.labels, num_classes, samples_per_class=samples_per_class,
+                              generator=torch.Generator())
+        chosen = _SeededOrder(sampler, split.labels, num_classes=num_classes, generator=generator,
+                              samples_per_class=samples_per_class)
+        dataset = _SeededItems(dataset)
     else:
         raise UsageError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=chosen,
-        num_workers=num_workers,
+        num_workers=workers,
         drop_last=drop_last,
-        generator=generator,
-        persistent_workers=num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
+        # The loader's own draw (the workers' base seed) comes from a private generator, so it
+        # does not shift ``generator``'s stream between fresh and persistent iterators.
+        generator=torch.Generator().manual_seed(0),
+        persistent_workers=workers > 0,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
     )
