@@ -1,0 +1,150 @@
+"""A content-addressed store of finished Stage-1 models, shared by trials and by studies.
+
+The key is a hash of what determines the Stage-1 weights: the data (its fingerprint: data
+set, β, n_max, data seed, split lists), the whole Stage-1 recipe (arch, epochs, schedule,
+mixup on/off and α, ...), the training seed, the batch pipeline and the mislas version. Layout under ``<storage>/stage1/<key>/``:
+
+* ``stage1.pt``     the checkpoint (mislas.checkpoint format; checked again when loaded)
+* ``metrics.json``  the Stage-1 model's own val/test summary
+* ``key.json``      the inputs of the key, readable
+* ``trainings.jsonl`` one line per time this entry was trained (host, pid, wall time)
+* ``done.json``     written last: the entry is complete
+
+Concurrency: on a local or NFS folder the entry's ``.lock`` (``filelock``) serialises the
+trainers, so a trial that needs a Stage 1 another trial is training waits for it and then
+reuses it. Training happens in the entry's folder, so a retried trial resumes an interrupted
+Stage 1 from ``stage1.partial.pt``. On an object store (s3://, gs://), which has no locks, the
+lock is node-local and the artifact is uploaded when done: trials on one node wait for each
+other; two nodes starting the same entry at the same moment may both train it (the second
+upload is the same content and harmless). Put the storage on NFS to rule that out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from mislas.config import RunConfig
+from study.storage import Store
+
+CHECKPOINT = "stage1.pt"
+DONE = "done.json"
+HISTORY = "trainings.jsonl"
+TrainFn = Callable[[Path], Mapping[str, Any]]
+
+
+def stage1_key(data_fingerprint: str, cfg: RunConfig) -> tuple[str, dict[str, Any]]:
+    """The cache key (24 hex digits) and the inputs it hashes.
+
+    ``stage1.pretrained`` is a file location, not a recipe choice, so it is left out (the
+    checkpoint's own compatibility check ignores it as well). The batch pipeline
+    (``data.loader``: device-resident fast path or DataLoader draws augmentations differently)
+    and the mislas version are in: they change the weights a recipe produces.
+    """
+    import mislas
+
+    stage1 = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg.stage1).items() if k != "pretrained"}
+    inputs = {
+        "dataset": cfg.data.dataset,
+        "imb_factor": cfg.data.imb_factor,
+        "data_fingerprint": data_fingerprint,
+        "stage1": stage1,
+        "seed": cfg.seed,
+        "mixup": cfg.stage1.mixup,
+        "loader": getattr(cfg.data, "loader", None),
+        "mislas_version": mislas.__version__,
+    }
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
+    return f"{cfg.data.dataset}-{'mixup' if cfg.stage1.mixup else 'plain'}-s{cfg.seed}-{digest}", inputs
+
+
+@dataclass(frozen=True)
+class Stage1Entry:
+    key: str
+    checkpoint: Path  # a local file
+    metrics: dict[str, Any]
+    trained: bool  # this call trained it
+    wait_s: float  # time spent waiting for another trainer's lock
+    train_s: float  # time this call spent training (0 when reused)
+
+
+class Stage1Cache:
+    """``get_or_train`` returns a finished Stage 1, training it at most once per key."""
+
+    def __init__(self, location: str | os.PathLike[str] | Store, local_dir: str | os.PathLike[str] | None = None,
+                 *, lock_timeout: float = -1) -> None:
+        self.store = location if isinstance(location, Store) else Store(location)
+        base = Path(local_dir) if local_dir else Path(tempfile.gettempdir()) / "mislas-study-stage1"
+        self.local_dir = base
+        self.lock_timeout = lock_timeout
+
+    def entry_dir(self, key: str) -> Path:
+        """Where the entry's files are on this machine (the store itself if it is local)."""
+        return self.store.local_path(key) if self.store.local else self.local_dir / key
+
+    def is_done(self, key: str) -> bool:
+        return self.store.exists(key, DONE)
+
+    def trainings(self, key: str) -> list[dict[str, Any]]:
+        """The recorded trainings of an entry (one per actual Stage-1 training)."""
+        if not self.store.exists(key, HISTORY):
+            return []
+        return [json.loads(line) for line in self.store.read_bytes(key, HISTORY).decode().splitlines() if line]
+
+    def get_or_train(self, key: str, inputs: Mapping[str, Any], train: TrainFn) -> Stage1Entry:
+        """The entry for ``key``; ``train(folder)`` must write ``folder/stage1.pt`` and return metrics."""
+        local = self.entry_dir(key)
+        local.mkdir(parents=True, exist_ok=True)
+        if self.store.local and (local / DONE).exists():  # fast path, no lock
+            return self._entry(key, local, trained=False, wait_s=0.0, train_s=0.0)
+        t0 = time.perf_counter()
+        with FileLock(str(local / ".lock"), timeout=self.lock_timeout):
+            wait_s = time.perf_counter() - t0
+            if (local / DONE).exists():
+                return self._entry(key, local, trained=False, wait_s=wait_s, train_s=0.0)
+            if not self.store.local and self.is_done(key):
+                for name in (CHECKPOINT, "metrics.json", DONE):
+                    self.store.download(local / name, key, name)
+                return self._entry(key, local, trained=False, wait_s=wait_s, train_s=0.0)
+            started = datetime.now(timezone.utc).isoformat()
+            t1 = time.perf_counter()
+            metrics = dict(train(local))
+            train_s = time.perf_counter() - t1
+            if not (local / CHECKPOINT).exists():
+                raise RuntimeError(f"Stage-1 training for {key} did not write {local / CHECKPOINT}")
+            record = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": started, "wall_s": train_s}
+            self._publish(key, local, inputs, metrics, record)
+            return self._entry(key, local, trained=True, wait_s=wait_s, train_s=train_s)
+
+    def _publish(self, key: str, local: Path, inputs: Mapping[str, Any], metrics: Mapping[str, Any],
+                 record: Mapping[str, Any]) -> None:
+        history = b""
+        if self.store.exists(key, HISTORY):
+            history = self.store.read_bytes(key, HISTORY)
+        history += (json.dumps(record) + "\n").encode()
+        if not self.store.local:
+            self.store.upload(local / CHECKPOINT, key, CHECKPOINT)
+        self.store.write_bytes(json.dumps(dict(metrics), indent=2).encode(), key, "metrics.json")
+        self.store.write_bytes(json.dumps(dict(inputs), indent=2, sort_keys=True).encode(), key, "key.json")
+        self.store.write_bytes(history, key, HISTORY)
+        done = json.dumps({"key": key, **dict(record), "finished_at": datetime.now(timezone.utc).isoformat()}).encode()
+        self.store.write_bytes(done, key, DONE)
+        if not self.store.local:
+            (local / "metrics.json").write_text(json.dumps(dict(metrics)))
+            (local / DONE).write_bytes(done)
+
+    @staticmethod
+    def _entry(key: str, local: Path, *, trained: bool, wait_s: float, train_s: float) -> Stage1Entry:
+        metrics = json.loads((local / "metrics.json").read_text()) if (local / "metrics.json").exists() else {}
+        return Stage1Entry(key, local / CHECKPOINT, metrics, trained, wait_s, train_s)

@@ -1,0 +1,282 @@
+"""One trial of the study: Stage 1 from the shared cache, Stage 2 with per-epoch reports.
+
+Tune calls :func:`run_trial` with the trial's config (data set, seed, method, mixup and the
+sampled Stage-2 knobs) and a :class:`TrialContext` shared by all trials
+(``tune.with_parameters``). What it reports:
+
+* after each Stage-2 epoch but the last: the validation metrics and ``epoch`` (what ASHA acts
+  on), with a checkpoint holding ``stage2.pt`` (the resumable Stage-2 state) and the epoch rows
+  so far, so a retried trial (``FailureConfig``) resumes at its last finished epoch;
+* once at the end: validation *and* test metrics with ``final = 1``, with a checkpoint holding
+  the trial's Parquet rows (epochs, classes, reliability bins) and ``final.json``.
+
+The driver's :class:`study.callbacks.ResultsCallback` turns those checkpoints into the
+study's Parquet part for the trial. The trial never selects anything on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray import tune
+
+from mislas.config import apply_overrides, preset_config
+from mislas.data import LTData, load_dataset
+from mislas.splits import class_splits
+from mislas.stages import EpochRecord, load_stage1, train_stage1, train_stage2
+from study import results
+from study.stage1_cache import Stage1Cache, stage1_key
+from study.storage import Store
+
+FINAL = "final.json"
+META = "meta.json"
+EPOCHS_JSON = "epochs.json"
+STAGE2_KNOBS = ("eps_1", "eps_k", "form", "p", "dw_ratio", "shift_bn", "las_target")
+TRAINED_METHODS = ("mislas", "crt", "lws")  # methods with Stage-2 epochs
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a study shares; built once by the driver, picklable."""
+
+    study: str
+    results_location: str  # <storage>/<name>
+    stage1_location: str  # <storage>/stage1
+    budget: str  # paper | smoke
+    imb_factor: float | None
+    data_root: str | None
+    overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per data set, "section.key=value"
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0
+    git_commit: str | None = None
+    progress: bool = False
+
+
+def build_config(ctx: TrialContext, config: dict[str, Any]) -> Any:
+    """The trial's RunConfig: budget preset + study overrides + the trial's own knobs."""
+    dataset = config["dataset"]
+    cfg = preset_config(ctx.budget, dataset, ctx.imb_factor)
+    cfg = apply_overrides(cfg, ctx.overrides.get(dataset, ()))
+    s2 = {"method": config["method"]}
+    if config["method"] == "mislas":
+        s2.update({k: config[k] for k in STAGE2_KNOBS})
+        if s2["form"] != "exp":
+            s2["p"] = None
+    return replace(
+        cfg,
+        data=replace(cfg.data, data_root=ctx.data_root if ctx.data_root else cfg.data.data_root),
+        stage1=replace(cfg.stage1, mixup=bool(config["mixup"])),
+        stage2=replace(cfg.stage2, **s2),
+        seed=int(config["seed"]),
+        device="cuda" if ctx.gpus_per_trial > 0 else "cpu",
+    )
+
+
+def planned_epochs(cfg: Any) -> int:
+    return int(cfg.stage2.epochs) if cfg.stage2.method in TRAINED_METHODS else 0
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
+
+
+def provenance() -> dict[str, str]:
+    import optuna
+    import ray
+
+    import mislas
+
+    return {"mislas_version": mislas.__version__, "torch_version": torch.__version__, "ray_version": ray.__version__,
+            "optuna_version": optuna.__version__, "python_version": platform.python_version()}
+
+
+def _summary_metrics(prefix: str, summary: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}_{k}": v for k, v in summary.items()}
+
+
+def report_metrics(*, epoch: int, final: bool, val: dict[str, Any],
+                   test: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What goes to Tune: val metrics (selection, ASHA), test metrics only in the final report."""
+    metrics: dict[str, Any] = {"epoch": epoch, "final": int(final), **_summary_metrics("val", val)}
+    if test is not None:
+        metrics.update(_summary_metrics("test", test))
+    return {k: (float("nan") if v is None else v) for k, v in metrics.items()}
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _non_finite(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, FloatingPointError) or any(w in text for w in ("nan", "inf", "finite"))
+
+
+def _report_diverged(work: Path, planned: int, records: list[dict[str, Any]], stage2_s: float,
+                     exc: BaseException) -> None:
+    nan = {m: None for m in results.METRICS}
+    metrics = report_metrics(epoch=len(records), final=False, val=nan) | {"diverged": 1}
+    _write_json(work / FINAL, {
+        "metrics": metrics, "epochs_run": len(records), "tau": None, "stage2_s": stage2_s, "wall_s": stage2_s,
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "error": f"diverged (non-finite values) after {len(records)} of {planned} epochs: "
+                 f"{type(exc).__name__}: {exc}"[:2000],
+    })
+    (work / "stage2.pt").unlink(missing_ok=True)
+    results.write_table_local(results.table("epochs", results.epochs_rows(tune.get_context().get_trial_id(), records)),
+                              work / "epochs.parquet")
+    print(f"[trial {tune.get_context().get_trial_id()}] diverged: {exc}", file=sys.stderr, flush=True)
+    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """The Tune function trainable (wrapped with ``tune.with_parameters(run_trial, ctx=...)``)."""
+    torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
+    trial_id = tune.get_context().get_trial_id()
+    started_at = datetime.now(timezone.utc).isoformat()
+    cfg = build_config(ctx, config)
+    planned = planned_epochs(cfg)
+
+    # A trial whose rows were written before a driver crash is not run again: its stored
+    # result is reported back (the experiment state may predate its completion).
+    store = Store(ctx.results_location)
+    if results.part_complete(store, trial_id):
+        row = results.read_part(store, trial_id, "trials").to_pylist()[0]
+        val = {m: row.get(f"val_{m}") for m in results.METRICS}
+        test = {m: row.get(f"test_{m}") for m in results.METRICS}
+        tune.report(report_metrics(epoch=row["epochs_run"] or 0, final=row["status"] == "complete", val=val,
+                                   test=test) | {"from_part": 1, "diverged": int(row["status"] == "failed")})
+        return
+
+    work = Path(tempfile.mkdtemp(prefix=f"mislas-trial-{trial_id}-"))
+    try:
+        _run(ctx, cfg, planned, trial_id, started_at, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _load_data(cfg: Any) -> LTData:
+    d = cfg.data
+    return load_dataset(d.dataset, d.data_root, imb_factor=d.imb_factor, n_max=d.n_max, seed=d.seed,
+                        val_per_class=d.val_per_class, train_list=d.train_list, val_list=d.val_list,
+                        test_list=d.test_list, download=d.download)
+
+
+def _run(ctx: TrialContext, cfg: Any, planned: int, trial_id: str, started_at: str, work: Path) -> None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # a retry (FailureConfig) or a resumed study: continue from it
+        with checkpoint.as_directory() as folder:
+            for item in Path(folder).iterdir():
+                if item.is_file():
+                    shutil.copy2(item, work / item.name)
+        if (work / FINAL).exists():
+            final = json.loads((work / FINAL).read_text())
+            tune.report(final["metrics"], checkpoint=tune.Checkpoint.from_directory(str(work)))
+            return
+
+    data = _load_data(cfg)
+    device = torch.device(cfg.device if cfg.device != "cuda" or torch.cuda.is_available() else "cpu")
+
+    # Stage 1: trained once per key, under a lock; other trials wait and reuse it.
+    cache = Stage1Cache(ctx.stage1_location)
+    key, inputs = stage1_key(data.fingerprint, cfg)
+
+    def train(folder: Path) -> dict[str, Any]:
+        res = train_stage1(data, cfg, device=device, checkpoint_dir=folder, progress=ctx.progress)
+        return {"val": res.val.summary(), "test": res.test.summary()}
+
+    t_s1 = time.perf_counter()
+    entry = cache.get_or_train(key, inputs, train)
+    stage1_s = time.perf_counter() - t_s1
+    model = load_stage1(entry.checkpoint, data, cfg, device)
+
+    meta = {
+        "trial_id": trial_id, "started_at": started_at, "hostname": socket.gethostname(),
+        "device_name": device_name(device), "arch": cfg.stage1.arch, "data_fingerprint": data.fingerprint,
+        "config_json": json.dumps(cfg.to_dict(), sort_keys=True), "epochs_planned": planned,
+        "stage1_key": key, "stage1_metrics": entry.metrics, "stage1_trained": entry.trained, "stage1_s": stage1_s,
+        "git_commit": ctx.git_commit, **provenance(),
+    }
+    if (work / META).exists():  # keep the first attempt's start and Stage-1 facts
+        earlier = json.loads((work / META).read_text())
+        for k in ("started_at", "stage1_trained", "stage1_s"):
+            meta[k] = earlier.get(k, meta[k])
+        meta["stage1_trained"] = bool(earlier.get("stage1_trained")) or entry.trained
+    _write_json(work / META, meta)
+
+    records: list[dict[str, Any]] = []
+    if (work / EPOCHS_JSON).exists():  # a resumed trial: the epochs before its checkpoint
+        records = json.loads((work / EPOCHS_JSON).read_text())
+    t_s2 = time.perf_counter() - (records[-1]["wall_s"] if records else 0.0)
+
+    def on_epoch(record: EpochRecord) -> None:
+        records.append(asdict(record))
+        if record.epoch >= planned:
+            return  # the final report follows, with the test metrics
+        _write_json(work / EPOCHS_JSON, records)
+        results.write_table_local(results.table("epochs", results.epochs_rows(trial_id, records)),
+                                  work / "epochs.parquet")
+        tune.report(report_metrics(epoch=record.epoch, final=False, val=record.val),
+                    checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+    try:
+        res = train_stage2(data, model, cfg, device=device, checkpoint_dir=work, on_epoch=on_epoch,
+                           progress=ctx.progress)
+    except (ValueError, FloatingPointError, RuntimeError) as exc:
+        if not _non_finite(exc):
+            raise
+        # A setting whose training diverged (NaN/inf logits) fails the same way on every retry:
+        # end the trial with a "diverged" result instead of raising, so FailureConfig does not
+        # rerun it; the driver records it as failed and Optuna as FAIL.
+        _report_diverged(work, planned, records, time.perf_counter() - t_s2, exc)
+        return
+    stage2_s = time.perf_counter() - t_s2
+
+    # The final rows of this trial, handed to the driver inside the last checkpoint.
+    splits = class_splits(data.class_counts, cfg.eval.many_above, cfg.eval.few_below, cfg.eval.index_ranges)
+    epsilon = res.extras.get("epsilon")
+    tables = {
+        "epochs": results.table("epochs", results.epochs_rows(trial_id, res.epochs)),
+        "classes": results.table("classes", results.classes_rows(
+            trial_id, data.class_counts, splits, res.test.per_class_acc, res.val.per_class_acc, res.weight_norms,
+            None if epsilon is None else np.asarray(epsilon))),
+        "reliability": results.table("reliability", results.reliability_rows(
+            trial_id, {"val": res.val.reliability, "test": res.test.reliability})),
+    }
+    (work / "stage2.pt").unlink(missing_ok=True)  # the finished trial needs only its rows
+    (work / EPOCHS_JSON).unlink(missing_ok=True)
+    for name, tbl in tables.items():
+        results.write_table_local(tbl, work / f"{name}.parquet")
+    metrics = report_metrics(epoch=planned, final=True, val=res.val.summary(), test=res.test.summary())
+    _write_json(work / FINAL, {
+        "metrics": metrics, "epochs_run": len(res.epochs), "tau": res.extras.get("tau"),
+        "stage2_s": stage2_s, "wall_s": stage2_s, "finished_at": datetime.now(timezone.utc).isoformat(),
+    })
+    print(f"[trial {trial_id}] {cfg.data.dataset} {cfg.stage2.method} seed {cfg.seed}: val acc "
+          f"{res.val.acc:.2f} ECE {res.val.ece:.2f}", file=sys.stderr, flush=True)
+    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(work)))

@@ -1,0 +1,111 @@
+"""Parquet schema, parts written once, unions rebuilt atomically; storage on a folder and an object store."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from study import results
+from study.storage import Store
+
+
+def trial_row(tid: str, acc: float) -> dict:
+    return {"trial_id": tid, "study": "s", "dataset": "cifar10_lt", "method": "mislas", "mixup": True, "seed": 0,
+            "status": "complete", "val_acc": acc, "val_ece": float("nan"), "epochs_planned": 10, "epochs_run": 10,
+            "started_at": datetime(2026, 1, 1, tzinfo=timezone.utc)}
+
+
+def part(tid: str, acc: float) -> dict:
+    return {
+        "trials": results.table("trials", [trial_row(tid, acc)]),
+        "epochs": results.table("epochs", results.epochs_rows(tid, [
+            {"epoch": 1, "lr": 0.1, "classifier_lr": 0.05, "train_loss": 2.0, "wall_s": 1.0,
+             "val": {"acc": acc, "ece": 1.0, "acc_few": None}}])),
+        "classes": results.table("classes", results.classes_rows(
+            tid, [5, 50, 500], {"many": [2], "medium": [1], "few": [0]}, [1.0, 2.0, 3.0], None, [0.5, 0.6, 0.7],
+            None)),
+        "reliability": results.table("reliability", results.reliability_rows(tid, {"test": [
+            {"lower": 0.0, "upper": 0.5, "count": 3, "accuracy": 0.5, "confidence": 0.4},
+            {"lower": 0.5, "upper": 1.0, "count": 0, "accuracy": None, "confidence": None}]})),
+    }
+
+
+def test_rows_follow_the_schema() -> None:
+    tbl = results.table("trials", [trial_row("a", 1.0)])
+    assert tbl.schema == results.TRIALS_SCHEMA
+    row = tbl.to_pylist()[0]
+    assert row["val_ece"] is None and row["p"] is None  # NaN and missing -> null
+    with pytest.raises(ValueError, match="not in the schema"):
+        results.table("trials", [{"trial_id": "a", "colour": "red"}])
+    classes = part("a", 1.0)["classes"].to_pylist()
+    assert [(c["class_index"], c["rank"], c["split"]) for c in classes] == [(0, 2, "few"), (1, 1, "medium"),
+                                                                           (2, 0, "many")]
+    documented = Path(__file__).resolve().parent.parent / "docs" / "results-schema.md"
+    text = documented.read_text()
+    for name in results.TRIALS_SCHEMA.names:
+        assert name in text, f"trials column {name} is not documented in docs/results-schema.md"
+
+
+@pytest.mark.parametrize("location", ["local", "mock"])
+def test_parts_written_once_and_unions_rebuilt(tmp_path: Path, location: str) -> None:
+    store = Store(str(tmp_path / "study")) if location == "local" else Store("mock:///bucket/study")
+    assert results.write_part(store, "a", part("a", 10.0))
+    first = store.read_bytes("parts", "a", "trials.parquet")
+    assert not results.write_part(store, "a", part("a", 99.0))  # a finished trial's rows never change
+    assert store.read_bytes("parts", "a", "trials.parquet") == first
+    store.write_bytes(b"partial", "parts", "b", "epochs.parquet")  # crashed mid-part: no trials.parquet
+    assert results.write_part(store, "c", part("c", 20.0))
+    counts = results.rebuild_unions(store)
+    assert counts == {"trials": 2, "epochs": 2, "classes": 6, "reliability": 4}
+    trials = results.read_table(store, "trials.parquet").to_pylist()
+    assert [t["trial_id"] for t in trials] == ["a", "c"] and trials[0]["val_acc"] == 10.0
+    if location == "local":
+        leftovers = [p.name for p in (tmp_path / "study").iterdir() if p.name.startswith(".")]
+        assert leftovers == []  # temporary files were renamed over their targets
+        assert pq.read_table(tmp_path / "study" / "classes.parquet").num_rows == 6
+
+
+def test_store_paths(tmp_path: Path) -> None:
+    local = Store(str(tmp_path / "x"))
+    assert local.local and local.uri("a", "b") == str(tmp_path / "x" / "a" / "b")
+    assert Store(f"file://{tmp_path}").local
+    remote = Store("mock:///bucket/root")
+    assert not remote.local and remote.uri("a") == "mock:///bucket/root/a"
+    remote.write_bytes(b"1", "d", "f.bin")
+    assert remote.exists("d", "f.bin") and remote.listdir("d") == ["f.bin"] and remote.listdir("nope") == []
+
+
+class EndedTrial:
+    """What ResultsCallback reads of a Tune trial."""
+
+    def __init__(self, trial_id: str, last: dict) -> None:
+        self.trial_id, self.last_result, self.checkpoint = trial_id, last, None
+        self.config = {"dataset": "cifar10_lt", "method": "mislas", "mixup": True, "seed": 1, "eps_1": 0.3,
+                       "eps_k": 0.1, "form": "linear", "p": 2.0, "dw_ratio": 0.5, "shift_bn": True,
+                       "las_target": "paper", "is_paper_setting": False, "optuna_study": "s:cifar10_lt",
+                       "optuna_trial_number": 4}
+
+
+def test_callback_writes_ended_trials_and_leaves_interrupted_ones(tmp_path: Path) -> None:
+    from study.callbacks import RecordContext, ResultsCallback
+
+    ctx = RecordContext(study="s", results_location=str(tmp_path / "s"), budget="paper",
+                        imb_factors={"cifar10_lt": 100.0}, epochs_planned={"cifar10_lt": {"mislas": 10}},
+                        provenance={"ray_version": "x"}, git_commit=None)
+    callback = ResultsCallback(ctx)
+    interrupted = EndedTrial("int", {"epoch": 2, "val_acc": 40.0, "final": 0})  # Ctrl-C: not done
+    never_ran = EndedTrial("pend", {})
+    stopped = EndedTrial("asha", {"epoch": 2, "val_acc": 40.0, "val_ece": 5.0, "final": 0, "done": True})
+    assert not callback.record(interrupted, error=None) and not callback.record(never_ran, error=None)
+    assert callback.record(stopped, error=None)
+    assert callback.record(EndedTrial("bad", {}), error="RuntimeError: boom")
+    rows = {r["trial_id"]: r for r in results.read_table(Store(str(tmp_path / "s")), "trials.parquet").to_pylist()}
+    assert set(rows) == {"asha", "bad"}
+    asha = rows["asha"]
+    assert (asha["status"], asha["epochs_run"], asha["epochs_planned"], asha["val_acc"]) == (
+        "stopped_early", 2, 10, 40.0)
+    assert asha["p"] is None and asha["test_acc"] is None and asha["optuna_trial_number"] == 4  # p only for exp
+    assert rows["bad"]["status"] == "failed" and rows["bad"]["error"] == "RuntimeError: boom"

@@ -1,0 +1,126 @@
+"""The searcher without a cluster: Table 6 first per seed, seeds, baselines, PRUNED for ASHA stops."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from mislas.config import paper_config
+from study.search import MislasOptunaSearch, StudySearcher, make_sampler
+from study.space import default_space_file, load_space, table6_setting
+
+
+def make(tmp_path: Path, *, n_trials: int = 5, seeds: tuple[int, ...] = (0, 1), baselines: int = 2,
+         metric: list[str] | str = ["val_acc", "val_ece"], mode: list[str] | str = ["max", "min"]) -> StudySearcher:
+    t6 = table6_setting(paper_config("cifar10_lt", 100.0))
+    space = load_space(default_space_file("cifar10_lt"), table6=t6)
+    point = {n: t6[n] for n in space.searched_names(t6)}
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log")))
+    opt = MislasOptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=[point] * len(seeds),
+                             sampler=make_sampler(0), study_name="s:cifar10_lt", storage=storage)
+    base = [{"dataset": "cifar10_lt", "method": "ce", "mixup": False, "seed": s} for s in range(baselines)]
+    return StudySearcher(searchers={"cifar10_lt": opt}, n_trials={"cifar10_lt": n_trials}, seeds=seeds,
+                         table6={"cifar10_lt": point}, baselines=base, metric=metric, mode=mode,
+                         study_names={"cifar10_lt": "s:cifar10_lt"})
+
+
+def test_table6_first_on_every_seed_then_search_and_interleaved_baselines(tmp_path: Path) -> None:
+    searcher = make(tmp_path)
+    configs = []
+    for i in range(10):
+        cfg = searcher.suggest(f"t{i}")
+        if cfg == Searcher.FINISHED:
+            break
+        configs.append(cfg)
+    assert len(configs) == 7 == searcher.total
+    mislas = [c for c in configs if c["method"] == "mislas"]
+    assert [c["seed"] for c in mislas] == [0, 1, 0, 1, 0]
+    assert [c["is_paper_setting"] for c in mislas] == [True, True, False, False, False]
+    for c in mislas[:2]:
+        assert (c["eps_1"], c["eps_k"], c["form"], c["dw_ratio"], c["shift_bn"], c["las_target"]) == (
+            0.3, 0.0, "concave", 0.5, False, "paper")
+    assert [c["method"] for c in configs].index("ce") < 4  # baselines are not left to the end
+    assert searcher.suggest("t99") == Searcher.FINISHED
+
+
+def test_stopped_early_is_pruned_failed_is_failed_complete_is_complete(tmp_path: Path) -> None:
+    searcher = make(tmp_path, n_trials=3, seeds=(0,), baselines=0)
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    searcher.on_trial_complete("t0", {"val_acc": 50.0, "val_ece": 3.0, "final": 1, "epoch": 10})
+    searcher.on_trial_complete("t1", {"val_acc": 30.0, "val_ece": 9.0, "final": 0, "epoch": 1})  # ASHA stop
+    searcher.on_trial_complete("t2", None, error=True)
+    study = optuna.load_study(study_name="s:cifar10_lt",
+                              storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log"))))
+    states = {t.user_attrs["ray_trial_id"]: (t.state, t.user_attrs["status"]) for t in study.trials}
+    assert states == {"t0": (TrialState.COMPLETE, "complete"), "t1": (TrialState.PRUNED, "stopped_early"),
+                      "t2": (TrialState.FAIL, "failed")}
+    assert [t.user_attrs["ray_trial_id"] for t in study.best_trials] == ["t0"]
+
+
+def test_single_objective_prunes_with_last_intermediate_value(tmp_path: Path) -> None:
+    searcher = make(tmp_path, n_trials=2, seeds=(0,), baselines=0, metric="val_acc", mode="max")
+    searcher.suggest("a")
+    searcher.on_trial_result("a", {"val_acc": 20.0, "training_iteration": 1, "epoch": 1})
+    searcher.on_trial_complete("a", {"val_acc": 20.0, "final": 0, "epoch": 1})
+    trial = searcher.searchers["cifar10_lt"].study.trials[0]
+    assert trial.state == TrialState.PRUNED and trial.value == 20.0
+
+
+def test_searcher_state_round_trips(tmp_path: Path) -> None:
+    searcher = make(tmp_path)
+    first = [searcher.suggest(f"t{i}") for i in range(3)]
+    searcher.save(str(tmp_path / "state.pkl"))
+    (tmp_path / "other").mkdir()
+    again = make(tmp_path / "other")
+    again.restore(str(tmp_path / "state.pkl"))
+    assert again.issued == searcher.issued and again.baselines_issued == searcher.baselines_issued
+    assert pickle.loads(pickle.dumps(again)).owner.keys() == {"t0", "t1", "t2"}
+    assert first[0]["is_paper_setting"]
+
+
+class FakeTrial:
+    """What the schedulers read of a Tune trial: its id and config."""
+
+    def __init__(self, trial_id: str, dataset: str, method: str = "mislas") -> None:
+        self.trial_id, self.config = trial_id, {"dataset": dataset, "method": method}
+
+
+def test_grouped_asha_compares_trials_within_a_data_set_only() -> None:
+    from ray.tune.schedulers import TrialScheduler
+
+    from study.search import GroupedASHA
+
+    asha = GroupedASHA(metric="val_acc", mode="max", max_t={"a": 4, "b": 4}, grace_period=1, reduction_factor=2)
+    good_a, bad_a, bad_b = FakeTrial("a1", "a"), FakeTrial("a2", "a"), FakeTrial("b1", "b")
+    base = FakeTrial("c", "a", "ce")
+    for t in (good_a, bad_a, bad_b, base):
+        asha.on_trial_add(None, t)
+    assert asha.on_trial_result(None, good_a, {"epoch": 1, "val_acc": 90.0}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, bad_a, {"epoch": 1, "val_acc": 10.0}) == TrialScheduler.STOP
+    # data set b has its own rungs: a low accuracy there is not judged against data set a
+    assert asha.on_trial_result(None, bad_b, {"epoch": 1, "val_acc": 10.0}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, base, {"epoch": 0, "val_acc": 1.0}) == TrialScheduler.CONTINUE
+    # the last epoch ends the trial (max_t), as its final report
+    assert asha.on_trial_result(None, good_a, {"epoch": 4, "val_acc": 91.0}) == TrialScheduler.STOP
+
+
+def test_two_data_sets_are_interleaved(tmp_path: Path) -> None:
+    searcher = make(tmp_path, n_trials=3, seeds=(0,), baselines=0)
+    t6 = table6_setting(paper_config("places_lt"))
+    space = load_space(default_space_file("places_lt"), table6=t6)
+    point = {n: t6[n] for n in space.searched_names(t6)}
+    searcher.searchers["places_lt"] = MislasOptunaSearch(
+        space=space, metric=searcher.metric, mode=searcher.mode, points_to_evaluate=[point], sampler=make_sampler(1),
+        study_name="s:places_lt", storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log"))))
+    searcher.n_trials["places_lt"], searcher.issued["places_lt"] = 3, 0
+    searcher.table6["places_lt"], searcher.study_names["places_lt"] = point, "s:places_lt"
+    order = [searcher.suggest(f"t{i}")["dataset"] for i in range(6)]
+    assert order == ["cifar10_lt", "places_lt"] * 3
+    assert searcher.suggest("t6") == Searcher.FINISHED
