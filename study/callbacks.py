@@ -22,6 +22,7 @@ from ray import tune
 
 from study import results
 from study.storage import Store
+from study.groups import member_config, member_id, member_result
 from study.trainable import FINAL, META, STAGE2_KNOBS
 
 
@@ -37,14 +38,15 @@ class RecordContext:
     optuna_local: str | None = None  # local Optuna journal to upload after each trial (remote storage)
 
 
-def _checkpoint_files(trial: Any) -> dict[str, Any]:
-    """meta.json, final.json and the Parquet tables of the trial's last checkpoint."""
+def _checkpoint_files(trial: Any, sub: str | None = None) -> dict[str, Any]:
+    """meta.json, final.json and the Parquet tables of the trial's last checkpoint (of its
+    folder ``sub`` for a member of a group)."""
     out: dict[str, Any] = {}
     ckpt = trial.checkpoint
     if ckpt is None:
         return out
     with ckpt.as_directory() as folder:
-        folder = Path(folder)
+        folder = Path(folder) / sub if sub else Path(folder)
         for name in (META, FINAL):
             if (folder / name).exists():
                 out[name] = json.loads((folder / name).read_text())
@@ -99,6 +101,7 @@ def build_trial_row(ctx: RecordContext, trial_id: str, config: dict[str, Any], l
         "trial_id": trial_id, "study": ctx.study, "dataset": dataset, "imb_factor": ctx.imb_factors.get(dataset),
         "arch": meta.get("arch"), "method": method, "mixup": bool(config.get("mixup")), "seed": int(config["seed"]),
         "is_paper_setting": bool(config.get("is_paper_setting")),
+        "group_id": config.get("group_id"), "group_size": int(config.get("group_size") or 1),
         **({k: config.get(k) for k in STAGE2_KNOBS} if method == "mislas" else {}),
         "tau": (final or {}).get("tau"), "epochs_planned": planned, "epochs_run": epochs_run, "status": status,
         **{f"val_{m}": _num(metrics.get(f"val_{m}")) for m in results.METRICS},
@@ -155,16 +158,45 @@ class ResultsCallback(tune.Callback):
             # marks the last result done): the experiment was interrupted (Ctrl-C) or the trial
             # never ran. It stays unfinished; a resume continues it.
             return False
+        config = dict(trial.config)
+        if config.get("members"):
+            return self._record_group(store, trial, config, last, error=error)
         try:
             files = _checkpoint_files(trial)
         except Exception as exc:  # an unreadable checkpoint must not lose the row
             print(f"[study] trial {trial.trial_id}: cannot read its checkpoint ({exc})", file=sys.stderr)
             files = {}
-        return write_trial(store, self.ctx, trial.trial_id, dict(trial.config), last, files, error=error)
+        return write_trial(store, self.ctx, trial.trial_id, config, last, files, error=error)
+
+    def _record_group(self, store: Store, trial: Any, config: dict[str, Any], last: dict[str, Any], *,
+                      error: str | None) -> bool:
+        """A group's members, each its own part (row id ``<group_id>-g<k>``); then the unions once.
+
+        A member whose part is complete is left as it is, so a group recorded in part before a
+        crash gets only its missing members written on resume.
+        """
+        wrote = False
+        for k in range(len(config["members"])):
+            mid = member_id(trial.trial_id, k)
+            if results.part_complete(store, mid):
+                continue
+            try:
+                files = _checkpoint_files(trial, f"g{k}")
+            except Exception as exc:
+                print(f"[study] trial {mid}: cannot read its checkpoint ({exc})", file=sys.stderr)
+                files = {}
+            mlast = member_result(last, k) or {}
+            wrote |= write_trial(store, self.ctx, mid, member_config(config, k), mlast, files, error=error,
+                                 rebuild=False)
+        if wrote:
+            results.rebuild_unions(store)
+            if self.ctx.optuna_local and Path(self.ctx.optuna_local).exists():
+                store.upload(Path(self.ctx.optuna_local), "optuna.log")
+        return wrote
 
 
 def write_trial(store: Store, ctx: RecordContext, trial_id: str, config: dict[str, Any], last: dict[str, Any],
-                files: dict[str, Any], *, error: str | None) -> bool:
+                files: dict[str, Any], *, error: str | None, rebuild: bool = True) -> bool:
     row = build_trial_row(ctx, trial_id, config, last, files, error=error)
     tables = {"trials": results.table("trials", [row])}
     for name in ("epochs", "classes", "reliability"):
@@ -172,9 +204,10 @@ def write_trial(store: Store, ctx: RecordContext, trial_id: str, config: dict[st
             tables[name] = files[name]
     written = results.write_part(store, trial_id, tables)
     if written:
-        results.rebuild_unions(store)
-        if ctx.optuna_local and Path(ctx.optuna_local).exists():
-            store.upload(Path(ctx.optuna_local), "optuna.log")
+        if rebuild:
+            results.rebuild_unions(store)
+            if ctx.optuna_local and Path(ctx.optuna_local).exists():
+                store.upload(Path(ctx.optuna_local), "optuna.log")
         val = row.get("val_acc")
         print(f"[study] {trial_id} {row['dataset']} {row['method']} seed {row['seed']}: {row['status']}"
               + (f", val acc {val:.2f}" if val is not None else "") + f" -> {store.uri(results.PARTS, trial_id)}",

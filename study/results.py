@@ -37,7 +37,7 @@ _TS = pa.timestamp("us", tz="UTC")
 TRIALS_SCHEMA = pa.schema(
     [
         ("trial_id", _S), ("study", _S), ("dataset", _S), ("imb_factor", _F), ("arch", _S), ("method", _S),
-        ("mixup", _B), ("seed", _I), ("is_paper_setting", _B),
+        ("mixup", _B), ("seed", _I), ("is_paper_setting", _B), ("group_id", _S), ("group_size", _I),
         ("eps_1", _F), ("eps_k", _F), ("form", _S), ("p", _F), ("dw_ratio", _F), ("shift_bn", _B),
         ("las_target", _S), ("tau", _F),
         ("epochs_planned", _I), ("epochs_run", _I), ("status", _S),
@@ -207,7 +207,16 @@ def complete_parts(store: Store) -> list[str]:
 def read_part(store: Store, trial_id: str, name: str) -> pa.Table:
     if not store.exists(PARTS, trial_id, f"{name}.parquet"):
         return SCHEMAS[name].empty_table()
-    return read_table(store, PARTS, trial_id, f"{name}.parquet").cast(SCHEMAS[name])
+    return conform(read_table(store, PARTS, trial_id, f"{name}.parquet"), SCHEMAS[name])
+
+
+def conform(tbl: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``tbl`` in ``schema``; columns added to the schema since the part was written are null."""
+    if tbl.schema.names != schema.names:
+        cols = [tbl.column(f.name) if f.name in tbl.schema.names else pa.nulls(tbl.num_rows, f.type)
+                for f in schema]
+        tbl = pa.Table.from_arrays(cols, names=schema.names)
+    return tbl.cast(schema)
 
 
 def rebuild_unions(store: Store, names: Sequence[str] = TABLES) -> dict[str, int]:

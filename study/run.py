@@ -68,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", action="append", default=[], metavar="FILE",
                    help="search-space YAML (repeatable; its 'dataset' key says which); default search_spaces/<D>.yaml")
     p.add_argument("--objective", default="acc,ece", help="acc, ece, or acc,ece (default: both, a Pareto study)")
-    p.add_argument("--scheduler", default="asha", help="asha (default) or fifo")
+    p.add_argument("--scheduler", default=None, help="asha (default) or fifo; fifo with --group-size > 1, "
+                                                      "where asha is refused (it cannot stop one member of a group)")
+    p.add_argument("--group-size", default="1", metavar="G",
+                   help="MiSLAS settings per Tune trial, trained together on one backbone pass per Stage-2 batch, "
+                        "each its own row and Optuna trial (default 1: one setting per trial); needs --scheduler "
+                        "fifo, the default then")
     p.add_argument("--gpus-per-trial", default=None, help="GPUs per trial, fractions allowed (default 1 if the "
                                                            "cluster has GPUs, else 0 = CPU)")
     p.add_argument("--cpus-per-trial", default="1", help="CPUs per trial (default 1)")
@@ -107,6 +112,7 @@ class StudySettings:
     spaces: dict[str, SearchSpace]
     objectives: tuple[str, ...]
     scheduler: str
+    group_size: int
     gpus_per_trial: float | None
     cpus_per_trial: float
     max_concurrent: int | None
@@ -159,6 +165,8 @@ class StudySettings:
             "spaces": {d: s.describe() for d, s in self.spaces.items()},
             "grace_period": self.grace_period, "reduction_factor": self.reduction_factor,
             "sampler_seed": self.sampler_seed,
+            # only when grouped, so a study from before --group-size resumes as it was
+            **({"group_size": self.group_size} if self.group_size > 1 else {}),
         }
 
 
@@ -214,8 +222,13 @@ def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySett
     methods = _list(args.methods, "--methods", METHODS)
     trials = _int(args.trials, "--trials", minimum=1 if "mislas" in methods else 0)
     objectives = _list(args.objective, "--objective", SEARCH_OBJECTIVES)
-    if args.scheduler not in ("asha", "fifo"):
-        raise UsageError(f"--scheduler: unknown scheduler {args.scheduler!r}; allowed: asha, fifo")
+    group_size = _int(args.group_size, "--group-size", minimum=1)
+    scheduler = args.scheduler if args.scheduler is not None else ("asha" if group_size == 1 else "fifo")
+    if scheduler not in ("asha", "fifo"):
+        raise UsageError(f"--scheduler: unknown scheduler {scheduler!r}; allowed: asha, fifo")
+    if group_size > 1 and scheduler == "asha":
+        raise UsageError(f"--scheduler asha: cannot be used with --group-size {group_size} (ASHA stops whole "
+                         f"trials, and a group's members share one trial); use --scheduler fifo or --group-size 1")
     seeds_text = [t.strip() for t in args.seeds.split(",") if t.strip()]
     if not seeds_text:
         raise UsageError(f"--seeds: must list at least one seed, got {args.seeds!r}")
@@ -284,7 +297,7 @@ def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySett
             spaces[d] = load_space(given.get(d, default_space_file(d)), dataset=d, table6=table6_setting(paper))
     settings_kw.update(
         datasets=datasets, trials=trials if "mislas" in methods else 0, spaces=spaces, objectives=objectives,
-        scheduler=args.scheduler, gpus_per_trial=gpus, cpus_per_trial=cpus, max_concurrent=max_conc,
+        scheduler=scheduler, group_size=group_size, gpus_per_trial=gpus, cpus_per_trial=cpus, max_concurrent=max_conc,
         storage=args.storage, name=name, resume=bool(args.resume), address=args.address, budget=budget,
         seeds=seeds, methods=methods, baseline_mixup=mixup_choice[args.baseline_mixup],
         data_root=(str(Path(args.data_root).resolve()) if check_paths else args.data_root) if args.data_root else None,
@@ -362,13 +375,15 @@ def make_searcher(s: StudySettings, storage: Any) -> Any:
         point = {n: t6[n] for n in space.searched_names(t6)}
         names[d] = f"{s.name}:{d}"
         searchers[d] = MislasOptunaSearch(
-            space=space, metric=s.metric, mode=s.mode, points_to_evaluate=[point] * len(s.seeds),
+            # grouped: StudySearcher enqueues the Table 6 point as member 0 of the first groups
+            space=space, metric=s.metric, mode=s.mode,
+            points_to_evaluate=[point] * len(s.seeds) if s.group_size == 1 else None,
             sampler=make_sampler(s.sampler_seed + i), study_name=names[d], storage=storage,
         )
         table6[d] = {k: v for k, v in t6.items() if k in point}
     return StudySearcher(searchers=searchers, n_trials={d: s.trials for d in searchers}, seeds=s.seeds,
                          table6=table6, baselines=baseline_configs(s), metric=s.metric, mode=s.mode,
-                         study_names=names)
+                         study_names=names, group_size=s.group_size)
 
 
 def make_scheduler(s: StudySettings) -> Any:
@@ -533,13 +548,15 @@ def _reconcile(grid: Any, record_ctx: Any) -> None:
     """Write every ended trial the callback did not (a safety net; normally there is none)."""
     from study import results as results_mod
     from study.callbacks import ResultsCallback, _error_text
+    from study.groups import member_ids
 
     analysis = getattr(grid, "_experiment_analysis", None)
     trials = getattr(analysis, "trials", None) or []
     store = Store(record_ctx.results_location)
     callback = ResultsCallback(record_ctx)
     for trial in trials:
-        if trial.status in ("TERMINATED", "ERROR") and not results_mod.part_complete(store, trial.trial_id):
+        ids = member_ids(trial.trial_id, dict(trial.config or {}))
+        if trial.status in ("TERMINATED", "ERROR") and not all(results_mod.part_complete(store, i) for i in ids):
             callback.record(trial, error=_error_text(trial) if trial.status == "ERROR" else None)
 
 
@@ -612,7 +629,7 @@ def summarize(s: StudySettings, results: Store, *, timings: dict[str, float]) ->
         "trials": {"total": int(len(df)), "finished": int((df["status"] == "complete").sum()) if len(df) else 0,
                    "stopped_early": int((df["status"] == "stopped_early").sum()) if len(df) else 0,
                    "failed": int((df["status"] == "failed").sum()) if len(df) else 0},
-        "datasets": {}, "timings": dict(timings),
+        "datasets": {}, "timings": dict(timings), "group_size": s.group_size, "scheduler": s.scheduler,
     }
     if len(df):
         trained = df[df["stage1_trained"].fillna(False).astype(bool)]
@@ -674,6 +691,10 @@ def print_summary(summary: dict[str, Any]) -> None:
                          f"val ECE {e['table6_val_ece_mean']:.2f} %")
         for name, acc in e.get("baselines_val_acc", {}).items():
             lines.append(f"{d}: baseline {name}: val acc {acc:.2f} %")
+    if summary.get("group_size", 1) > 1:
+        lines.append(f"Stage 2 grouped: up to {summary['group_size']} MiSLAS settings per Tune trial on one backbone "
+                     f"pass per batch (each its own row and Optuna trial); scheduler {summary['scheduler']} "
+                     f"(ASHA cannot stop one member of a group)")
     tm = summary["timings"]
     lines.append(
         f"time: {tm['total_s']:.1f} s in all; Ray start-up {tm['ray_init_s']:.1f} s; trials {tm['fit_s']:.1f} s "

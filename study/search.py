@@ -23,6 +23,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from study.groups import member_id, member_result
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +109,28 @@ class StudySearcher(Searcher):
     every seed. Baseline configs (``method`` != mislas) are issued as given. Streams are
     interleaved by their progress (the least advanced first), so data sets and baselines run
     side by side instead of one after the other.
+
+    With ``group_size`` G > 1 a MiSLAS suggestion is a group: the data set's Optuna study is
+    asked G times (fewer for the last group), each ask an Optuna trial of its own (user attrs
+    ``ray_trial_id = <tune trial id>-g<k>`` and ``group_id``), all with one seed (group j runs
+    ``seeds[j mod len(seeds)]``: members of a group must share it). The Table 6 setting is
+    member 0 of the first ``len(seeds)`` groups, enqueued just before that ask (so it lands on
+    every seed, not twice in one group); the searchers are then built without
+    ``points_to_evaluate``. When the group ends, each member's own values go to its Optuna trial.
     """
+
+    # class defaults: a searcher pickled by a study from before --group-size restores without them
+    group_size = 1
+    group_members: Mapping[str, int] = {}
 
     def __init__(self, *, searchers: Mapping[str, MislasOptunaSearch], n_trials: Mapping[str, int],
                  seeds: Sequence[int], table6: Mapping[str, Mapping[str, Any]], baselines: Sequence[dict[str, Any]],
-                 metric: str | list[str], mode: str | list[str], study_names: Mapping[str, str]) -> None:
+                 metric: str | list[str], mode: str | list[str], study_names: Mapping[str, str],
+                 group_size: int = 1) -> None:
         super().__init__(metric=metric, mode=mode)
+        self.group_size = int(group_size)
+        self.groups_issued = {d: 0 for d in searchers}
+        self.group_members: dict[str, int] = {}  # Tune trial id of a group -> its member count
         self.searchers = dict(searchers)
         self.n_trials = dict(n_trials)
         self.seeds = tuple(seeds)
@@ -126,7 +143,9 @@ class StudySearcher(Searcher):
 
     @property
     def total(self) -> int:
-        return sum(self.n_trials.values()) + len(self.baselines)
+        """Tune trials: MiSLAS trials (or groups of them) per data set, plus the baselines."""
+        g = self.group_size
+        return sum(-(-n // g) for n in self.n_trials.values()) + len(self.baselines)
 
     def _next_stream(self) -> str | None:
         best, best_progress = None, math.inf
@@ -150,6 +169,8 @@ class StudySearcher(Searcher):
             self.baselines_issued += 1
             self.owner[trial_id] = None
             return config
+        if self.group_size > 1:
+            return self._suggest_group(stream, trial_id)
         searcher = self.searchers[stream]
         params = searcher.suggest(trial_id)
         if params is None or params == Searcher.FINISHED:
@@ -167,15 +188,51 @@ class StudySearcher(Searcher):
                 "optuna_study": self.study_names[stream], "optuna_trial_number": ot_trial.number,
                 **{n: params.get(n) for n in ("eps_1", "eps_k", "form", "p", "dw_ratio", "shift_bn", "las_target")}}
 
+    def _suggest_group(self, stream: str, trial_id: str) -> dict[str, Any]:
+        searcher = self.searchers[stream]
+        j = self.groups_issued[stream]
+        n = min(self.group_size, self.n_trials[stream] - self.issued[stream])
+        seed = self.seeds[j % len(self.seeds)]
+        t6 = self.table6[stream]
+        members = []
+        for k in range(n):
+            mid = member_id(trial_id, k)
+            paper_slot = k == 0 and j < len(self.seeds)
+            if paper_slot and mid not in searcher._ot_trials:
+                searcher.study.enqueue_trial(dict(t6))
+            params = searcher.suggest(mid)
+            is_paper = paper_slot and all(_same(params.get(name), t6.get(name)) for name in t6)
+            ot_trial = searcher.ot_trial(mid)
+            for name, value in (("ray_trial_id", mid), ("group_id", trial_id), ("seed", seed),
+                                ("is_paper_setting", is_paper)):
+                ot_trial.set_user_attr(name, value)
+            members.append({"is_paper_setting": is_paper, "optuna_trial_number": ot_trial.number,
+                            **{name: params.get(name) for name in
+                               ("eps_1", "eps_k", "form", "p", "dw_ratio", "shift_bn", "las_target")}})
+        self.issued[stream] += n
+        self.groups_issued[stream] += 1
+        self.owner[trial_id] = stream
+        self.group_members[trial_id] = n
+        return {"dataset": stream, "method": "mislas", "mixup": True, "seed": seed,
+                "is_paper_setting": any(m["is_paper_setting"] for m in members),
+                "optuna_study": self.study_names[stream], "group_id": trial_id, "group_size": n, "members": members}
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         stream = self.owner.get(trial_id)
-        if stream is not None:
+        if stream is not None and trial_id not in self.group_members:
+            # (groups run under FIFO: their members' intermediate values would feed no pruner)
             self.searchers[stream].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         stream = self.owner.get(trial_id)
-        if stream is not None:
-            self.searchers[stream].on_trial_complete(trial_id, result=result, error=error)
+        if stream is None:
+            return
+        if trial_id in self.group_members:
+            for k in range(self.group_members[trial_id]):
+                self.searchers[stream].on_trial_complete(member_id(trial_id, k), result=member_result(result, k),
+                                                         error=error)
+            return
+        self.searchers[stream].on_trial_complete(trial_id, result=result, error=error)
 
     def save(self, checkpoint_path: str) -> None:
         import pickle

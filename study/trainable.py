@@ -38,6 +38,7 @@ from mislas.data import LTData, load_dataset
 from mislas.splits import class_splits
 from mislas.stages import EpochRecord, load_stage1, train_stage1, train_stage2
 from study import results
+from study.groups import group_metrics, member_config, member_ids
 from study.stage1_cache import Stage1Cache, stage1_key
 from study.storage import Store
 
@@ -158,6 +159,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """The Tune function trainable (wrapped with ``tune.with_parameters(run_trial, ctx=...)``)."""
     torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
     trial_id = tune.get_context().get_trial_id()
+    if config.get("members"):
+        run_group(config, ctx, trial_id)
+        return
     started_at = datetime.now(timezone.utc).isoformat()
     cfg = build_config(ctx, config)
     planned = planned_epochs(cfg)
@@ -187,6 +191,50 @@ def _load_data(cfg: Any) -> LTData:
                         test_list=d.test_list, download=d.download)
 
 
+def _stage1(ctx: TrialContext, cfg: Any, data: LTData, device: torch.device) -> tuple[Any, str, Any, float]:
+    """Stage 1 from the shared cache: (model, key, cache entry, seconds spent getting it).
+
+    Trained once per key, under a lock; other trials (and groups) wait for it and reuse it.
+    """
+    cache = Stage1Cache(ctx.stage1_location)
+    key, inputs = stage1_key(data.fingerprint, cfg)
+
+    def train(folder: Path) -> dict[str, Any]:
+        res = train_stage1(data, cfg, device=device, checkpoint_dir=folder, progress=ctx.progress)
+        return {"val": res.val.summary(), "test": res.test.summary()}
+
+    t_s1 = time.perf_counter()
+    entry = cache.get_or_train(key, inputs, train)
+    stage1_s = time.perf_counter() - t_s1
+    return load_stage1(entry.checkpoint, data, cfg, device), key, entry, stage1_s
+
+
+def _meta(ctx: TrialContext, cfg: Any, data: LTData, device: torch.device, *, trial_id: str, started_at: str,
+          planned: int, key: str, entry: Any, stage1_s: float) -> dict[str, Any]:
+    """meta.json of a trial (or of one member of a group): where and how it ran, its Stage 1."""
+    return {
+        "trial_id": trial_id, "started_at": started_at, "hostname": socket.gethostname(),
+        "device_name": device_name(device), "arch": cfg.stage1.arch, "data_fingerprint": data.fingerprint,
+        "config_json": json.dumps(cfg.to_dict(), sort_keys=True), "epochs_planned": planned,
+        "stage1_key": key, "stage1_metrics": entry.metrics, "stage1_trained": entry.trained, "stage1_s": stage1_s,
+        "git_commit": ctx.git_commit, **provenance(),
+    }
+
+
+def _final_tables(trial_id: str, data: LTData, cfg: Any, res: Any) -> dict[str, Any]:
+    """A finished trial's epochs, classes and reliability tables (from its StageResult)."""
+    splits = class_splits(data.class_counts, cfg.eval.many_above, cfg.eval.few_below, cfg.eval.index_ranges)
+    epsilon = res.extras.get("epsilon")
+    return {
+        "epochs": results.table("epochs", results.epochs_rows(trial_id, res.epochs)),
+        "classes": results.table("classes", results.classes_rows(
+            trial_id, data.class_counts, splits, res.test.per_class_acc, res.val.per_class_acc, res.weight_norms,
+            None if epsilon is None else np.asarray(epsilon))),
+        "reliability": results.table("reliability", results.reliability_rows(
+            trial_id, {"val": res.val.reliability, "test": res.test.reliability})),
+    }
+
+
 def _run(ctx: TrialContext, cfg: Any, planned: int, trial_id: str, started_at: str, work: Path) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a retry (FailureConfig) or a resumed study: continue from it
@@ -202,26 +250,9 @@ def _run(ctx: TrialContext, cfg: Any, planned: int, trial_id: str, started_at: s
     data = _load_data(cfg)
     device = torch.device(cfg.device if cfg.device != "cuda" or torch.cuda.is_available() else "cpu")
 
-    # Stage 1: trained once per key, under a lock; other trials wait and reuse it.
-    cache = Stage1Cache(ctx.stage1_location)
-    key, inputs = stage1_key(data.fingerprint, cfg)
-
-    def train(folder: Path) -> dict[str, Any]:
-        res = train_stage1(data, cfg, device=device, checkpoint_dir=folder, progress=ctx.progress)
-        return {"val": res.val.summary(), "test": res.test.summary()}
-
-    t_s1 = time.perf_counter()
-    entry = cache.get_or_train(key, inputs, train)
-    stage1_s = time.perf_counter() - t_s1
-    model = load_stage1(entry.checkpoint, data, cfg, device)
-
-    meta = {
-        "trial_id": trial_id, "started_at": started_at, "hostname": socket.gethostname(),
-        "device_name": device_name(device), "arch": cfg.stage1.arch, "data_fingerprint": data.fingerprint,
-        "config_json": json.dumps(cfg.to_dict(), sort_keys=True), "epochs_planned": planned,
-        "stage1_key": key, "stage1_metrics": entry.metrics, "stage1_trained": entry.trained, "stage1_s": stage1_s,
-        "git_commit": ctx.git_commit, **provenance(),
-    }
+    model, key, entry, stage1_s = _stage1(ctx, cfg, data, device)
+    meta = _meta(ctx, cfg, data, device, trial_id=trial_id, started_at=started_at, planned=planned, key=key,
+                 entry=entry, stage1_s=stage1_s)
     if (work / META).exists():  # keep the first attempt's start and Stage-1 facts
         earlier = json.loads((work / META).read_text())
         for k in ("started_at", "stage1_trained", "stage1_s"):
@@ -258,16 +289,7 @@ def _run(ctx: TrialContext, cfg: Any, planned: int, trial_id: str, started_at: s
     stage2_s = time.perf_counter() - t_s2
 
     # The final rows of this trial, handed to the driver inside the last checkpoint.
-    splits = class_splits(data.class_counts, cfg.eval.many_above, cfg.eval.few_below, cfg.eval.index_ranges)
-    epsilon = res.extras.get("epsilon")
-    tables = {
-        "epochs": results.table("epochs", results.epochs_rows(trial_id, res.epochs)),
-        "classes": results.table("classes", results.classes_rows(
-            trial_id, data.class_counts, splits, res.test.per_class_acc, res.val.per_class_acc, res.weight_norms,
-            None if epsilon is None else np.asarray(epsilon))),
-        "reliability": results.table("reliability", results.reliability_rows(
-            trial_id, {"val": res.val.reliability, "test": res.test.reliability})),
-    }
+    tables = _final_tables(trial_id, data, cfg, res)
     (work / "stage2.pt").unlink(missing_ok=True)  # the finished trial needs only its rows
     (work / EPOCHS_JSON).unlink(missing_ok=True)
     for name, tbl in tables.items():
@@ -280,3 +302,122 @@ def _run(ctx: TrialContext, cfg: Any, planned: int, trial_id: str, started_at: s
     print(f"[trial {trial_id}] {cfg.data.dataset} {cfg.stage2.method} seed {cfg.seed}: val acc "
           f"{res.val.acc:.2f} ECE {res.val.ece:.2f}", file=sys.stderr, flush=True)
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+
+# --- groups: several MiSLAS settings of one Tune trial on one backbone pass per batch ------
+
+GROUP_FINAL = "group_final.json"
+
+
+def run_group(config: dict[str, Any], ctx: TrialContext, group_id: str) -> None:
+    """A Tune trial that trains several MiSLAS settings of one (data set, seed) as a group.
+
+    Stage 1 comes from the cache as for a single trial; Stage 2 runs through
+    :func:`mislas.group.train_stage2_group` (one backbone pass per batch, each member with its own
+    head, scale, optimizer and loss). Reports per epoch carry no checkpoint: a group is re-run
+    whole if its worker dies. The final report's checkpoint holds one folder ``g<k>/`` per
+    member with that member's meta.json, final.json and Parquet rows, which the driver writes as
+    the member's own part (row id ``<group_id>-g<k>``).
+    """
+    started_at = datetime.now(timezone.utc).isoformat()
+    ids = member_ids(group_id, config)
+    cfgs = [build_config(ctx, member_config(config, k)) for k in range(len(ids))]
+    planned = planned_epochs(cfgs[0])
+
+    store = Store(ctx.results_location)
+    if all(results.part_complete(store, i) for i in ids):  # written before a driver crash: not rerun
+        members = []
+        for i in ids:
+            row = results.read_part(store, i, "trials").to_pylist()[0]
+            val = {m: row.get(f"val_{m}") for m in results.METRICS}
+            test = {m: row.get(f"test_{m}") for m in results.METRICS}
+            members.append(report_metrics(epoch=row["epochs_run"] or 0, final=row["status"] == "complete",
+                                          val=val, test=test) | {"diverged": int(row["status"] == "failed")})
+        tune.report(group_metrics(epoch=planned, final=True, members=members) | {"from_part": 1})
+        return
+
+    work = Path(tempfile.mkdtemp(prefix=f"mislas-group-{group_id}-"))
+    try:
+        _run_group(ctx, cfgs, planned, ids, started_at, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_group(ctx: TrialContext, cfgs: list[Any], planned: int, ids: list[str], started_at: str,
+               work: Path) -> None:
+    from mislas.group import train_stage2_group
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # only the final report has one: a resumed study re-reports it
+        with checkpoint.as_directory() as folder:
+            shutil.copytree(folder, work, dirs_exist_ok=True)
+        if (work / GROUP_FINAL).exists():
+            tune.report(json.loads((work / GROUP_FINAL).read_text()),
+                        checkpoint=tune.Checkpoint.from_directory(str(work)))
+            return
+
+    ref = cfgs[0]
+    data = _load_data(ref)
+    device = torch.device(ref.device if ref.device != "cuda" or torch.cuda.is_available() else "cpu")
+    model, key, entry, stage1_s = _stage1(ctx, ref, data, device)
+    folders = [work / f"g{k}" for k in range(len(ids))]
+    for k, (folder, cfg, mid) in enumerate(zip(folders, cfgs, ids)):
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = _meta(ctx, cfg, data, device, trial_id=mid, started_at=started_at, planned=planned, key=key,
+                     entry=entry, stage1_s=stage1_s)
+        if k > 0:  # the group got Stage 1 once: its training / waiting time is on member 0's row
+            meta.update(stage1_trained=False, stage1_s=0.0)
+        _write_json(folder / META, meta)
+
+    records: list[list[dict[str, Any]]] = [[] for _ in ids]
+    t_s2 = time.perf_counter()
+
+    def on_epoch(i: int, record: EpochRecord) -> None:
+        records[i].append(asdict(record))
+        if i == len(ids) - 1 and record.epoch < planned:  # all members have this epoch now
+            members = [report_metrics(epoch=record.epoch, final=False, val=r[-1]["val"]) for r in records]
+            tune.report(group_metrics(epoch=record.epoch, final=False, members=members))
+
+    try:
+        res = train_stage2_group(data, model, cfgs, device=device, on_epoch=on_epoch, progress=ctx.progress)
+    except (ValueError, FloatingPointError, RuntimeError) as exc:
+        if not _non_finite(exc):
+            raise
+        # One member's non-finite values stop the whole group (they share one loop): every
+        # member ends as failed ("diverged ... in a group"), with its epochs so far, not retried.
+        wall = time.perf_counter() - t_s2
+        nan = {m: None for m in results.METRICS}
+        members = []
+        for folder, mid, recs in zip(folders, ids, records):
+            metrics = report_metrics(epoch=len(recs), final=False, val=nan) | {"diverged": 1}
+            members.append(metrics)
+            _write_json(folder / FINAL, {
+                "metrics": metrics, "epochs_run": len(recs), "tau": None, "stage2_s": wall / len(ids),
+                "wall_s": wall, "finished_at": datetime.now(timezone.utc).isoformat(),
+                "error": f"diverged (non-finite values in a group of {len(ids)}) after {len(recs)} of {planned} "
+                         f"epochs: {type(exc).__name__}: {exc}"[:2000]})
+            results.write_table_local(results.table("epochs", results.epochs_rows(mid, recs)),
+                                      folder / "epochs.parquet")
+        report = group_metrics(epoch=min(len(r) for r in records), final=False, members=members) | {"diverged": 1}
+        _write_json(work / GROUP_FINAL, report)
+        print(f"[group {ids[0].rsplit('-g', 1)[0]}] diverged: {exc}", file=sys.stderr, flush=True)
+        tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(work)))
+        return
+    stage2_s = time.perf_counter() - t_s2
+
+    members = []
+    finished_at = datetime.now(timezone.utc).isoformat()
+    for folder, cfg, mid, r in zip(folders, cfgs, ids, res):
+        for name, tbl in _final_tables(mid, data, cfg, r).items():
+            results.write_table_local(tbl, folder / f"{name}.parquet")
+        metrics = report_metrics(epoch=planned, final=True, val=r.val.summary(), test=r.test.summary())
+        members.append(metrics | {"diverged": 0})
+        # stage2_s is the member's share of the group's Stage 2; wall_s the group's elapsed time
+        _write_json(folder / FINAL, {"metrics": metrics, "epochs_run": len(r.epochs), "tau": None,
+                                     "stage2_s": stage2_s / len(ids), "wall_s": stage2_s,
+                                     "finished_at": finished_at})
+        print(f"[trial {mid}] {cfg.data.dataset} {cfg.stage2.method} seed {cfg.seed} (group of {len(ids)}): "
+              f"val acc {r.val.acc:.2f} ECE {r.val.ece:.2f}", file=sys.stderr, flush=True)
+    report = group_metrics(epoch=planned, final=True, members=members)
+    _write_json(work / GROUP_FINAL, report)
+    tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(work)))

@@ -17,17 +17,19 @@ from study.space import default_space_file, load_space, table6_setting
 
 
 def make(tmp_path: Path, *, n_trials: int = 5, seeds: tuple[int, ...] = (0, 1), baselines: int = 2,
-         metric: list[str] | str = ["val_acc", "val_ece"], mode: list[str] | str = ["max", "min"]) -> StudySearcher:
+         metric: list[str] | str = ["val_acc", "val_ece"], mode: list[str] | str = ["max", "min"],
+         group_size: int = 1) -> StudySearcher:
     t6 = table6_setting(paper_config("cifar10_lt", 100.0))
     space = load_space(default_space_file("cifar10_lt"), table6=t6)
     point = {n: t6[n] for n in space.searched_names(t6)}
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log")))
-    opt = MislasOptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=[point] * len(seeds),
+    opt = MislasOptunaSearch(space=space, metric=metric, mode=mode,
+                             points_to_evaluate=[point] * len(seeds) if group_size == 1 else None,
                              sampler=make_sampler(0), study_name="s:cifar10_lt", storage=storage)
     base = [{"dataset": "cifar10_lt", "method": "ce", "mixup": False, "seed": s} for s in range(baselines)]
     return StudySearcher(searchers={"cifar10_lt": opt}, n_trials={"cifar10_lt": n_trials}, seeds=seeds,
                          table6={"cifar10_lt": point}, baselines=base, metric=metric, mode=mode,
-                         study_names={"cifar10_lt": "s:cifar10_lt"})
+                         study_names={"cifar10_lt": "s:cifar10_lt"}, group_size=group_size)
 
 
 def test_table6_first_on_every_seed_then_search_and_interleaved_baselines(tmp_path: Path) -> None:
@@ -124,3 +126,27 @@ def test_two_data_sets_are_interleaved(tmp_path: Path) -> None:
     order = [searcher.suggest(f"t{i}")["dataset"] for i in range(6)]
     assert order == ["cifar10_lt", "places_lt"] * 3
     assert searcher.suggest("t6") == Searcher.FINISHED
+
+
+def test_groups_ask_optuna_per_member_and_tell_each_its_own_values(tmp_path: Path) -> None:
+    searcher = make(tmp_path, n_trials=5, seeds=(0, 1), baselines=0, group_size=2)
+    assert searcher.total == 3  # ceil(5 / 2) groups
+    groups = [searcher.suggest(f"t{i}") for i in range(3)]
+    assert searcher.suggest("t9") == Searcher.FINISHED
+    assert [g["group_size"] for g in groups] == [2, 2, 1] and [g["seed"] for g in groups] == [0, 1, 0]
+    # the Table 6 setting: member 0 of the first group on each seed, never twice in one group
+    assert [[m["is_paper_setting"] for m in g["members"]] for g in groups] == [[True, False], [True, False], [False]]
+    numbers = [m["optuna_trial_number"] for g in groups for m in g["members"]]
+    assert numbers == list(range(5))
+    result = {"g0_val_acc": 50.0, "g0_val_ece": 3.0, "g0_final": 1, "g1_val_acc": 40.0, "g1_val_ece": 5.0,
+              "g1_final": 1, "val_acc": 50.0, "val_ece": 3.0, "final": 1}
+    searcher.on_trial_complete("t0", result)
+    searcher.on_trial_complete("t1", None, error=True)
+    study = optuna.load_study(study_name="s:cifar10_lt",
+                              storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log"))))
+    by_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert set(by_id) == {"t0-g0", "t0-g1", "t1-g0", "t1-g1", "t2-g0"}
+    assert by_id["t0-g0"].values == [50.0, 3.0] and by_id["t0-g1"].values == [40.0, 5.0]
+    assert by_id["t0-g1"].user_attrs["group_id"] == "t0"
+    assert by_id["t1-g0"].state == by_id["t1-g1"].state == TrialState.FAIL
+    assert by_id["t2-g0"].state == TrialState.RUNNING

@@ -1,0 +1,91 @@
+"""A grouped study (``--group-size 2``): real in-process Ray, Fashion-MNIST-LT, smoke budget.
+
+Four MiSLAS settings run as two Tune trials of two members each (one backbone pass per Stage-2
+batch per group). Each member is its own trials row, with its own epochs/classes/reliability
+rows, and its own Optuna trial told its own values.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from study import run
+from study.results import TRIALS_SCHEMA
+from test_study_e2e import FMNIST, REQUIRED, SMOKE, complete_parts, finish, load_optuna, start
+
+pytestmark = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").exists(),
+                                reason="needs Debian's dataset-fashion-mnist")
+
+KNOBS = ["eps_1", "eps_k", "form", "p", "dw_ratio", "shift_bn", "las_target"]
+
+
+def test_grouped_study(tmp_path: Path) -> None:
+    storage = tmp_path / "studies"
+    results = storage / "grouped"
+    t0 = time.monotonic()
+    proc = start(["study.run", *SMOKE, "--trials", "4", "--group-size", "2", "--num-cpus", "2",
+                  "--set", "stage2.epochs=2", "--storage", str(storage), "--name", "grouped"], tmp_path / "run.log")
+    code = finish(proc, 300)
+    out = (tmp_path / "run.log").read_text()
+    assert code == 0, out[-3000:]
+    print(f"grouped smoke study (4 settings in 2 groups): {time.monotonic() - t0:.1f} s")
+
+    trials = pd.read_parquet(results / "trials.parquet")
+    assert list(trials.columns) == TRIALS_SCHEMA.names and set(REQUIRED) <= set(trials.columns)
+    assert len(trials) == 4 and trials["trial_id"].is_unique and (trials["method"] == "mislas").all()
+    assert sorted(complete_parts(results)) == sorted(trials["trial_id"])
+    assert (trials["status"] == "complete").all() and (trials["epochs_run"] == 2).all()
+    assert trials["group_id"].nunique() == 2 and (trials["group_size"] == 2).all()
+    for tid, gid in zip(trials["trial_id"], trials["group_id"]):
+        assert tid in (f"{gid}-g0", f"{gid}-g1")
+    assert trials.groupby("group_id")["seed"].nunique().eq(1).all()  # a group shares its seed
+    settings = {tuple(str(v) for v in r) for r in trials[KNOBS].itertuples(index=False)}
+    assert len(settings) == 4, trials[KNOBS]
+    paper = trials[trials["is_paper_setting"]]
+    assert len(paper) == 1 and paper["trial_id"].iloc[0].endswith("-g0")
+    assert tuple(paper[["eps_1", "eps_k", "form", "dw_ratio", "shift_bn", "las_target"]].iloc[0]) == (
+        0.3, 0.0, "concave", 0.5, True, "paper")
+    for col in ["val_acc", "test_acc", "val_ece", "test_ece"]:
+        assert trials[col].between(0.0, 100.0).all(), col
+    # Stage 1: one key, trained once for both groups (on one member's row)
+    assert trials["stage1_key"].nunique() == 1 and int(trials["stage1_trained"].sum()) == 1
+    entry = storage / "stage1" / trials["stage1_key"].iloc[0]
+    assert len((entry / "trainings.jsonl").read_text().splitlines()) == 1
+    # each member's own rows
+    epochs = pd.read_parquet(results / "epochs.parquet")
+    classes = pd.read_parquet(results / "classes.parquet")
+    rel = pd.read_parquet(results / "reliability.parquet")
+    for tid in trials["trial_id"]:
+        assert epochs.loc[epochs["trial_id"] == tid, "epoch"].tolist() == [1, 2]
+        assert (classes["trial_id"] == tid).sum() == 10 and (rel["trial_id"] == tid).sum() == 30
+    # Optuna: four complete trials, each told its own member's values
+    study = load_optuna(results, "grouped")
+    assert len(study.trials) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    row = trials.set_index("trial_id")
+    for t in study.trials:
+        tid = t.user_attrs["ray_trial_id"]
+        assert t.user_attrs["group_id"] == row.loc[tid, "group_id"] and t.user_attrs["status"] == "complete"
+        assert t.values == pytest.approx([row.loc[tid, "val_acc"], row.loc[tid, "val_ece"]])
+        assert t.number == row.loc[tid, "optuna_trial_number"]
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["group_size"] == 2 and summary["scheduler"] == "fifo" and summary["trials"]["total"] == 4
+    assert "Stage 2 grouped" in out
+
+
+def test_group_size_needs_fifo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--group-size < 1 and ASHA with groups exit 2 naming the option; without --scheduler groups get FIFO."""
+    base = [*SMOKE, "--storage", str(tmp_path)]
+    assert run.main([*base, "--group-size", "0"]) == 2
+    assert "--group-size" in capsys.readouterr().err
+    assert run.main([*base, "--group-size", "3", "--scheduler", "asha"]) == 2
+    assert "--scheduler asha: cannot be used with --group-size 3" in capsys.readouterr().err
+    settings = run.validate(run.build_parser().parse_args([*base, "--group-size", "3"]))
+    assert settings.scheduler == "fifo" and settings.identity()["group_size"] == 3
+    single = run.validate(run.build_parser().parse_args(base))
+    assert single.scheduler == "asha" and "group_size" not in single.identity()
