@@ -1,6 +1,6 @@
 """``python -m study.report <study dir> [--out DIR] [--formats html,md,tex]``: the study's report.
 
-Reads only the study's Parquet tables, study.json and optuna.log (see docs/results-schema.md).
+Reads only the study's Parquet tables, study.json and optuna.log (see README.md (Results schema)).
 Exit status 2 when the directory holds no study or a format is unknown.
 """
 

@@ -1,6 +1,6 @@
 """The study's Parquet tables: schemas, builders, and atomic writers.
 
-Layout under ``<storage>/<name>/`` (documented in docs/results-schema.md, kept in sync):
+Layout under ``<storage>/<name>/`` (documented in README.md (Results schema), kept in sync):
 
 * ``parts/<trial_id>/{epochs,classes,reliability,trials}.parquet`` -- one finished trial's
   rows, written when it ends. ``trials.parquet`` is written last and is the commit marker: a

@@ -22,7 +22,7 @@ from optuna.storages.journal import JournalFileBackend
 
 TRIALS_FILE = "trials.parquet"
 
-# Columns each table must have for the report (docs/results-schema.md); absent ones are added
+# Columns each table must have for the report (README.md (Results schema)); absent ones are added
 # as nulls so that a study written by an older schema still renders.
 TRIAL_COLUMNS = (
     "trial_id", "study", "dataset", "imb_factor", "arch", "method", "mixup", "seed",
