@@ -13,9 +13,14 @@ import pickle
 import struct
 from pathlib import Path
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+from mislas.data import ArraySplit, LTData
 
 CIFAR_TINY_PER_CLASS = 30  # CIFAR-10 tiny: n_max up to 30
 CIFAR100_TINY_PER_CLASS = 12
@@ -180,3 +185,33 @@ def image_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_list(root / "Places_LT_val.txt", [(e[0], e[1]) for e in IMAGE_TREE_EVAL])
     write_list(root / "Places_LT_test.txt", [(e[0], e[1]) for e in IMAGE_TREE_EVAL])
     return root
+
+
+def tiny_split(counts: list[int], seed: int, size: int = 12) -> ArraySplit:
+    """Class-dependent blobs (1 channel) so a tiny net learns something in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in enumerate(counts)])
+    base = torch.rand(len(counts), size, size, 1, generator=g) * 200
+    noise = torch.rand(len(labels), size, size, 1, generator=g) * 55
+    return ArraySplit((base[labels] + noise).to(torch.uint8), labels)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> LTData:
+    """A 3-class long-tailed set of 12x12 blobs (40/16/6 train images), for stage-level tests."""
+    counts = [40, 16, 6]
+    return LTData(
+        name="tiny", num_classes=3, train=tiny_split(counts, 1), val=tiny_split([8, 8, 8], 2),
+        test=tiny_split([10, 10, 10], 3), class_counts=tuple(counts), image_size=12, in_channels=1, mean=(0.5,),
+        std=(0.25,), fingerprint="f" * 64,
+    )
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread. On a shared CPU, a second OpenMP thread that gets
+    descheduled stalls every small op (measured here: 40x slower), and the tests check math, not speed."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

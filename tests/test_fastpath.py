@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import sys
 import types
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,16 +38,7 @@ from mislas.errors import UsageError
 from mislas.fastpath import CropFlip, DeviceBatches
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread. On a shared CPU, a second OpenMP thread that gets
-    descheduled stalls every small op (measured here: 40x slower), and the tests check math, not speed."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(counts: list[int], size: int, channels: int, seed: int = 0) -> LTData:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -10,38 +9,12 @@ import pytest
 import torch
 
 from mislas.config import RunConfig, Stage1Config, Stage2Config
-from mislas.data import ArraySplit, LTData
+from mislas.data import LTData
 from mislas.group import check_group, train_stage2_group
 from mislas.stages import StageResult, train_stage1, train_stage2
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread. On a shared CPU, a second OpenMP thread that gets
-    descheduled stalls every small op (measured here: 40x slower), and the tests check math, not speed."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _split(counts: list[int], seed: int, size: int = 12) -> ArraySplit:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in enumerate(counts)])
-    base = torch.rand(len(counts), size, size, 1, generator=g) * 200
-    noise = torch.rand(len(labels), size, size, 1, generator=g) * 55
-    return ArraySplit((base[labels] + noise).to(torch.uint8), labels)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> LTData:
-    counts = [40, 16, 6]
-    return LTData(
-        name="tiny", num_classes=3, train=_split(counts, 1), val=_split([8, 8, 8], 2), test=_split([10, 10, 10], 3),
-        class_counts=tuple(counts), image_size=12, in_channels=1, mean=(0.5,), std=(0.25,), fingerprint="f" * 64,
-    )
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**stage2: object) -> RunConfig:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mislas.config import RunConfig, Stage1Config, Stage2Config, smoke_config
-from mislas.data import ArraySplit, LTData
+from mislas.data import LTData
 from mislas.errors import UsageError
 from mislas.models import ScaledClassifier, TauNormClassifier
 from mislas.stages import (
@@ -24,24 +24,6 @@ from mislas.stages import (
 )
 
 CPU = torch.device("cpu")
-
-
-def _split(counts: list[int], seed: int, size: int = 12) -> ArraySplit:
-    """Class-dependent blobs so a tiny net learns something in a few steps."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in enumerate(counts)])
-    base = torch.rand(len(counts), size, size, 1, generator=g) * 200
-    noise = torch.rand(len(labels), size, size, 1, generator=g) * 55
-    return ArraySplit((base[labels] + noise).to(torch.uint8), labels)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> LTData:
-    counts = [40, 16, 6]
-    return LTData(
-        name="tiny", num_classes=3, train=_split(counts, 1), val=_split([8, 8, 8], 2), test=_split([10, 10, 10], 3),
-        class_counts=tuple(counts), image_size=12, in_channels=1, mean=(0.5,), std=(0.25,), fingerprint="f" * 64,
-    )
 
 
 def _cfg(**stage2: object) -> RunConfig:
