@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: sets itself up first (scripts/setup.sh).
+# Runs the whole test suite on a fresh machine: sets itself up first (scripts/setup.sh), and
+# installs Debian's chromium for the report's rendering test (skipped, with the reason, where
+# it cannot be installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  echo "[test] installing Debian package chromium (report rendering test)"
+  { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null; } \
+    || echo "[test] chromium could not be installed; the report rendering test will be skipped"
+fi
 exec .venv/bin/python -m pytest -q "$@"
