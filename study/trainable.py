@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -309,6 +310,30 @@ def _run(ctx: TrialContext, cfg: Any, planned: int, trial_id: str, started_at: s
 GROUP_FINAL = "group_final.json"
 
 
+def _train_subgroups(data: LTData, model: Any, cfgs: list[Any], *, device: torch.device,
+                     on_epoch: Callable[[int, EpochRecord], None], progress: bool) -> list[Any]:
+    """``train_stage2_group`` over the members, split where they cannot share a backbone pass.
+
+    Members that differ in a field the shared pass depends on (e.g. ``shift_bn``, which the
+    search space samples per setting) run as separate sub-groups, one after another; results
+    and ``on_epoch`` indices stay in the members' order.
+    """
+    from mislas.group import SHARED_FIELDS, train_stage2_group
+
+    parts: dict[tuple[Any, ...], list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        parts.setdefault(tuple(get(cfg) for _, get in SHARED_FIELDS), []).append(i)
+    out: list[Any] = [None] * len(cfgs)
+    for members in parts.values():
+        def forward(j: int, record: EpochRecord, members: list[int] = members) -> None:
+            on_epoch(members[j], record)
+
+        for i, r in zip(members, train_stage2_group(data, model, [cfgs[i] for i in members], device=device,
+                                                    on_epoch=forward, progress=progress)):
+            out[i] = r
+    return out
+
+
 def run_group(config: dict[str, Any], ctx: TrialContext, group_id: str) -> None:
     """A Tune trial that trains several MiSLAS settings of one (data set, seed) as a group.
 
@@ -345,7 +370,6 @@ def run_group(config: dict[str, Any], ctx: TrialContext, group_id: str) -> None:
 
 def _run_group(ctx: TrialContext, cfgs: list[Any], planned: int, ids: list[str], started_at: str,
                work: Path) -> None:
-    from mislas.group import train_stage2_group
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # only the final report has one: a resumed study re-reports it
@@ -374,12 +398,13 @@ def _run_group(ctx: TrialContext, cfgs: list[Any], planned: int, ids: list[str],
 
     def on_epoch(i: int, record: EpochRecord) -> None:
         records[i].append(asdict(record))
-        if i == len(ids) - 1 and record.epoch < planned:  # all members have this epoch now
+        if record.epoch < planned and all(len(r) >= record.epoch for r in records) and \
+                sum(len(r) == record.epoch for r in records) == 1:  # the last member to reach this epoch
             members = [report_metrics(epoch=record.epoch, final=False, val=r[-1]["val"]) for r in records]
             tune.report(group_metrics(epoch=record.epoch, final=False, members=members))
 
     try:
-        res = train_stage2_group(data, model, cfgs, device=device, on_epoch=on_epoch, progress=ctx.progress)
+        res = _train_subgroups(data, model, cfgs, device=device, on_epoch=on_epoch, progress=ctx.progress)
     except (ValueError, FloatingPointError, RuntimeError) as exc:
         if not _non_finite(exc):
             raise

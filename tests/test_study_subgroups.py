@@ -1,0 +1,38 @@
+"""A study group whose members cannot share one backbone pass (mixed shift BN) is split, not refused."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from mislas.config import RunConfig, Stage1Config, Stage2Config
+from mislas.data import LTData
+from mislas.stages import train_stage1, train_stage2
+from study.trainable import _train_subgroups
+
+CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _cfg(**stage2: object) -> RunConfig:
+    return RunConfig(
+        stage1=Stage1Config(arch="resnet32", epochs=1, lr=0.05, batch_size=16, warmup_epochs=1, milestones=()),
+        stage2=replace(Stage2Config(epochs=2, lr=0.05, batch_size=16, eps_1=0.3, eps_k=0.1, dw_ratio=0.2), **stage2),
+        seed=0, device="cpu", channels_last=False,
+    )
+
+
+def test_mixed_shift_bn_members_run_as_subgroups(tiny: LTData) -> None:
+    model = train_stage1(tiny, _cfg(), device=CPU, progress=False).model
+    cfgs = [_cfg(shift_bn=True, eps_1=0.3), _cfg(shift_bn=False, eps_1=0.2), _cfg(shift_bn=True, eps_1=0.1)]
+    seen: list[tuple[int, int]] = []
+    results = _train_subgroups(tiny, model, cfgs, device=CPU, on_epoch=lambda i, r: seen.append((i, r.epoch)),
+                               progress=False)
+    assert sorted(seen) == [(i, e) for i in range(3) for e in (1, 2)]
+    for cfg, grouped in zip(cfgs, results):
+        alone = train_stage2(tiny, model, cfg, device=CPU, progress=False)
+        a, b = alone.model.classifier.state_dict(), grouped.model.classifier.state_dict()
+        assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+        assert grouped.test.acc == pytest.approx(alone.test.acc)
