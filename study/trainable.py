@@ -156,6 +156,15 @@ def _report_diverged(work: Path, planned: int, records: list[dict[str, Any]], st
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
 
+def stored_metrics(store: Store, trial_id: str) -> dict[str, Any]:
+    """The report of a trial whose rows are already written (read back from its part)."""
+    row = results.read_part(store, trial_id, "trials").to_pylist()[0]
+    val = {m: row.get(f"val_{m}") for m in results.METRICS}
+    test = {m: row.get(f"test_{m}") for m in results.METRICS}
+    return report_metrics(epoch=row["epochs_run"] or 0, final=row["status"] == "complete", val=val,
+                          test=test) | {"diverged": int(row["status"] == "failed")}
+
+
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """The Tune function trainable (wrapped with ``tune.with_parameters(run_trial, ctx=...)``)."""
     torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
@@ -171,11 +180,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     # result is reported back (the experiment state may predate its completion).
     store = Store(ctx.results_location)
     if results.part_complete(store, trial_id):
-        row = results.read_part(store, trial_id, "trials").to_pylist()[0]
-        val = {m: row.get(f"val_{m}") for m in results.METRICS}
-        test = {m: row.get(f"test_{m}") for m in results.METRICS}
-        tune.report(report_metrics(epoch=row["epochs_run"] or 0, final=row["status"] == "complete", val=val,
-                                   test=test) | {"from_part": 1, "diverged": int(row["status"] == "failed")})
+        tune.report(stored_metrics(store, trial_id) | {"from_part": 1})
         return
 
     work = Path(tempfile.mkdtemp(prefix=f"mislas-trial-{trial_id}-"))
@@ -353,11 +358,7 @@ def run_group(config: dict[str, Any], ctx: TrialContext, group_id: str) -> None:
     if all(results.part_complete(store, i) for i in ids):  # written before a driver crash: not rerun
         members = []
         for i in ids:
-            row = results.read_part(store, i, "trials").to_pylist()[0]
-            val = {m: row.get(f"val_{m}") for m in results.METRICS}
-            test = {m: row.get(f"test_{m}") for m in results.METRICS}
-            members.append(report_metrics(epoch=row["epochs_run"] or 0, final=row["status"] == "complete",
-                                          val=val, test=test) | {"diverged": int(row["status"] == "failed")})
+            members.append(stored_metrics(store, i))
         tune.report(group_metrics(epoch=planned, final=True, members=members) | {"from_part": 1})
         return
 

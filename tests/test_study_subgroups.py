@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 
-from mislas.config import RunConfig, Stage1Config, Stage2Config
 from mislas.data import LTData
 from mislas.stages import train_stage1, train_stage2
 from study.trainable import _train_subgroups
+from test_group import _cfg  # the same tiny Stage-1/Stage-2 budget
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _cfg(**stage2: object) -> RunConfig:
-    return RunConfig(
-        stage1=Stage1Config(arch="resnet32", epochs=1, lr=0.05, batch_size=16, warmup_epochs=1, milestones=()),
-        stage2=replace(Stage2Config(epochs=2, lr=0.05, batch_size=16, eps_1=0.3, eps_k=0.1, dw_ratio=0.2), **stage2),
-        seed=0, device="cpu", channels_last=False,
-    )
 
 
 def test_mixed_shift_bn_members_run_as_subgroups(tiny: LTData) -> None:
