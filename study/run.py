@@ -412,7 +412,7 @@ def _init_ray(s: StudySettings) -> tuple[bool, float]:
 
     t0 = time.perf_counter()
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    # One checkpoint kept per trial makes Tune snapshot its state at every checkpoint, which
+    # A bounded number of checkpoints per trial makes Tune snapshot its state at every checkpoint, which
     # is what a resume wants; its "may become a bottleneck" warning is noise at this scale.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     address = s.address or os.environ.get("RAY_ADDRESS")
@@ -516,7 +516,9 @@ def run_study(s: StudySettings) -> int:
                 run_config=tune.RunConfig(
                     name="tune", storage_path=results.uri(), callbacks=[ResultsCallback(record_ctx)], verbose=1,
                     failure_config=tune.FailureConfig(max_failures=s.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    # two kept: a driver killed between a trial's newest checkpoint and Tune's next
+                    # state snapshot leaves a snapshot that names the one before, which must still exist
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 ),
             )
         t_fit = time.perf_counter()

@@ -180,6 +180,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     # result is reported back (the experiment state may predate its completion).
     store = Store(ctx.results_location)
     if results.part_complete(store, trial_id):
+        print(f"[trial {trial_id}] rows already written: reporting them back, not training again",
+              file=sys.stderr, flush=True)
         tune.report(stored_metrics(store, trial_id) | {"from_part": 1})
         return
 
