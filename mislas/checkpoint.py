@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -20,19 +21,24 @@ from mislas.errors import UsageError
 FORMAT_VERSION = 1
 
 
-def save_atomic(payload: dict[str, Any], path: Path) -> None:
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, sync it, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save({"format_version": FORMAT_VERSION, **payload}, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_atomic(payload: dict[str, Any], path: Path) -> None:
+    write_atomic(path, lambda fh: torch.save({"format_version": FORMAT_VERSION, **payload}, fh))
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mislas.checkpoint import write_atomic
 from mislas.config import METHODS, PRESETS, RunConfig, apply_overrides, preset_config
 from mislas.data import DATASETS, LTData, load_dataset
 from mislas.errors import EXIT_USAGE, UsageError
@@ -89,11 +88,8 @@ def _result_json(result: StageResult) -> dict[str, Any]:
 
 
 def write_json_atomic(payload: dict[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".metrics.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2, default=_jsonable)
-        fh.write("\n")
-    os.replace(tmp, path)
+    text = json.dumps(payload, indent=2, default=_jsonable) + "\n"
+    write_atomic(path, lambda fh: fh.write(text.encode()))
 
 
 def _jsonable(value: Any) -> Any:

@@ -70,23 +70,23 @@ class MislasOptunaSearch(OptunaSearch):
         except Exception as exc:  # e.g. the Optuna trial finished already (resume)
             logger.warning("could not mark Optuna trial of %s: %s", trial_id, exc)
         if status == "stopped_early":
-            try:
-                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-            except Exception as exc:
-                logger.warning(exc)
-            self._completed_trials.add(trial_id)
+            self._close(trial_id, ot_trial, TrialState.PRUNED)
             return
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         values = [result.get(m) for m in metrics] if result else None
         if status == "failed" or (values is not None and any(v is None or _nan(v) for v in values)):
             # an error, a diverged setting or an undefined metric: FAIL, never a value
-            try:
-                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-            except Exception as exc:
-                logger.warning(exc)
-            self._completed_trials.add(trial_id)
+            self._close(trial_id, ot_trial, TrialState.FAIL)
             return
         super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _close(self, trial_id: str, ot_trial: Any, state: TrialState) -> None:
+        """Tell Optuna a valueless end (PRUNED or FAIL) and mark the Tune trial as handled."""
+        try:
+            self._ot_study.tell(ot_trial, state=state)
+        except Exception as exc:  # e.g. already finished (resume)
+            logger.warning(exc)
+        self._completed_trials.add(trial_id)
 
     def ot_trial(self, trial_id: str) -> Any:
         return self._ot_trials.get(trial_id)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import posixpath
-import tempfile
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from mislas.checkpoint import write_atomic
 from mislas.errors import UsageError
 
 
@@ -87,17 +87,7 @@ class Store:
         target = self.path(*parts)
         parent = posixpath.dirname(target)
         if self.local:
-            os.makedirs(parent, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{posixpath.basename(target)}.", suffix=".tmp", dir=parent)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(Path(target), lambda fh: fh.write(data))
         else:
             self.fs.create_dir(parent, recursive=True)
             with self.fs.open_output_stream(target) as fh:  # one PUT on close
@@ -107,9 +97,5 @@ class Store:
         self.write_bytes(Path(local).read_bytes(), *parts)
 
     def download(self, local: Path, *parts: str) -> None:
-        local = Path(local)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".tmp", dir=local.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(self.read_bytes(*parts))
-        os.replace(tmp, local)
+        data = self.read_bytes(*parts)
+        write_atomic(Path(local), lambda fh: fh.write(data))
