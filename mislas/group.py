@@ -6,7 +6,7 @@ seed, method, batch size, sampler runs and epochs draw the same batches (common 
 numbers), and with shift BN their BN statistics evolve the same way too. Running such a group
 on one backbone pass per batch (and one per validation / test batch), with each trial's own
 classifier head, scale, optimizer, scheduler and loss, gives every trial the result it would
-get alone (``tests/test_group.py`` checks this against :func:`mislas.stages.train_stage2`) at
+get alone (``tests/mislas/test_stage2_group_parity.py`` checks this against :func:`mislas.stages.train_stage2`) at
 close to the cost of one trial, since the heads are tiny next to the backbone.
 
 It is assembled from the very pieces ``train_stage2`` is made of (``_plan_stage2``, the
@@ -135,7 +135,7 @@ class StackedHeads:
     buf starting at 0, which equals SGD's first-step copy) with each trial's own lr, momentum
     and weight decay. Learning rates are read from the trials' own optimizers, whose
     schedulers step per epoch, so the schedule is theirs too. Agreement with the per-trial
-    loop is to float rounding (the matmul is batched), checked in ``tests/test_group.py``.
+    loop is to float rounding (the matmul is batched), checked in ``tests/mislas/test_stage2_group_parity.py``.
     """
 
     def __init__(self, trials: list[_Trial]) -> None:

@@ -1,7 +1,7 @@
 """The LAS related functions ε_y = f(N_y) in numpy (shared/method.md, seed Eq. 3.a–3.c and 7).
 
 Restated here rather than imported from ``mislas.las`` because the report must not import torch.
-``tests/test_report_functions.py`` pins the endpoints f(N_1) = ε_1, f(N_K) = ε_K.
+``tests/study/reporting/test_functions.py`` pins the endpoints f(N_1) = ε_1, f(N_K) = ε_K.
 """
 
 from __future__ import annotations

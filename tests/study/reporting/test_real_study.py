@@ -19,7 +19,7 @@ from PIL import Image
 
 from study.report import build_report
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 LABELS = {("ce", True): "CE+mixup", ("crt", True): "cRT+mixup", ("tau_norm", True): "τ-norm+mixup"}
 METRICS = {"Many": "test_acc_many", "Medium": "test_acc_medium", "Few": "test_acc_few", "All": "test_acc",

@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from study.results import TRIALS_SCHEMA
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 VENV_BIN = Path(sys.executable).parent
 SMOKE = ["--dataset", "fashion_mnist_lt", "--budget", "smoke"]

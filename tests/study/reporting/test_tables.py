@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from report_fixture import full_report, full_study, parse_html
+from tests.study.reporting.report_fixture import full_report, full_study, parse_html
 
 METRICS = {"Many": "test_acc_many", "Medium": "test_acc_medium", "Few": "test_acc_few",
            "All": "test_acc", "ECE": "test_ece", "NLL": "test_nll"}

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from report_fixture import DEFAULT_GROUPS, distinct_colours, full_report, make_study, parse_html
+from tests.study.reporting.report_fixture import DEFAULT_GROUPS, distinct_colours, full_report, make_study, parse_html
 
 from study.reporting import FORMATS, NoStudyError, UnknownFormatError, build_report
 from study.reporting.load import TRIAL_COLUMNS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = (DEFAULT_GROUPS[2],)  # fashion_mnist_lt, one seed: quick to build
 

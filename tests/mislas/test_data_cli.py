@@ -15,7 +15,7 @@ import pytest
 
 from mislas.__main__ import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _start(*args: str) -> subprocess.Popen[str]:

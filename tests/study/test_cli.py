@@ -12,7 +12,7 @@ import yaml
 
 from study import run, submit
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BASE = ["--dataset", "fashion_mnist_lt", "--budget", "smoke"]
 
 

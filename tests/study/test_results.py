@@ -43,7 +43,7 @@ def test_rows_follow_the_schema() -> None:
     classes = part("a", 1.0)["classes"].to_pylist()
     assert [(c["class_index"], c["rank"], c["split"]) for c in classes] == [(0, 2, "few"), (1, 1, "medium"),
                                                                            (2, 0, "many")]
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     text = readme.split("## Results schema (Parquet)", 1)[1].split("\n## ", 1)[0]
     for name in results.TRIALS_SCHEMA.names:
         assert name in text, f"trials column {name} is not documented in README.md (Results schema)"
