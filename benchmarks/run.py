@@ -13,7 +13,7 @@ shared machine (absolute numbers drift by ±20 % there; ratios much less):
    many rounds. ``stage1_speedup`` = fast path / best reference, each the mean of its
    fastest quarter of turns (see :func:`top_quartile_mean`; median and best turn reported too).
 2. Stage 2, 32 MiSLAS trials differing in ε_1, ε_K, form, ΔW ratio and lr: one epoch of the
-   grouped run (:func:`mislas.group.train_stage2_group`, stacked heads; also with heads one
+   grouped run (:func:`mislas.stages.train_stage2_group`, stacked heads; also with heads one
    by one) against one epoch of a few trials run alone (:func:`mislas.stages.train_stage2`),
    interleaved; one-by-one time = 32 × the fastest single epoch (extrapolated), against the
    fastest grouped epoch. Each epoch includes its validation pass, as in training.
@@ -54,8 +54,8 @@ from mislas import fastpath, stages
 from mislas.config import RunConfig, Stage1Config, Stage2Config
 from mislas.data import make_loader, train_transform
 from mislas.data.loaders import resolve_num_workers
-from mislas.group import train_stage2_group
 from mislas.models import build_model
+from mislas.stages import train_stage2_group
 
 T = TypeVar("T")
 S1_IMAGES = 12_406  # CIFAR-10-LT β=100 train images
@@ -355,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     if "stage1" in parts:
         s1 = bench_stage1(device, args.quick)
         print(f"[bench] stage 1 done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
-        rows += [(f"stage 1 img/s  {name}", "fastest quarter {:.0f}, median {:.0f}, best {:.0f}, worst {:.0f}".format(
-            top_quartile_mean(vs), statistics.median(vs), max(vs), min(vs))) for name, vs in s1["ips"].items()]
+        rows += [(f"stage 1 img/s  {name}", f"fastest quarter {top_quartile_mean(vs):.0f}, median {statistics.median(vs):.0f}, best {max(vs):.0f}, worst {min(vs):.0f}") for name, vs in s1["ips"].items()]
         est = s1["stage1_speedup_by_estimator"]
         rows += [
             ("stage1_speedup (fastest quarter of turns)", f"{s1['stage1_speedup']:.2f}x  "

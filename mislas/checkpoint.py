@@ -1,43 +1,29 @@
 """Self-describing checkpoints, written atomically.
 
 Each file holds the run config and the data fingerprint beside the tensors, so a Stage-1
-checkpoint cannot silently be reused on other data or another Stage-1 recipe. Writes go to
-a temporary file in the same folder and are renamed over the target: a crash mid-write
+checkpoint cannot silently be reused on other data or another Stage-1 recipe. Writes go
+through the project's one atomic writer (:func:`mislas.atomic.write_atomic`, re-exported
+here): a temporary file in the same folder renamed over the target, so a crash mid-write
 leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
+from mislas.atomic import write_atomic
 from mislas.errors import UsageError
 
 FORMAT_VERSION = 1
 
-
-def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, sync it, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = ["FORMAT_VERSION", "check_compatible", "load", "save_atomic", "write_atomic"]
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
+    """``torch.save`` of ``payload`` (with the format version), atomically."""
     write_atomic(path, lambda fh: torch.save({"format_version": FORMAT_VERSION, **payload}, fh))
 
 

@@ -1,7 +1,8 @@
-"""The one error type for bad user input.
+"""The project's error types: bad user input, and training that diverged.
 
 Command-line edges catch :class:`UsageError`, print its message as a single line and exit
-with status 2; library callers get an ordinary ``ValueError`` subclass.
+with status 2; library callers get an ordinary ``ValueError`` subclass. A non-finite loss or
+parameter raises :class:`NonFiniteError` (a ``FloatingPointError``).
 """
 
 from __future__ import annotations
@@ -12,3 +13,18 @@ class UsageError(ValueError):
 
 
 EXIT_USAGE = 2
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a non-finite loss or parameter (a diverged setting).
+
+    Typed so that callers (a study marking a trial as diverged) need not match "nan" or
+    "inf" in exception text. ``stage`` and ``epoch`` say where; ``member`` which config of a
+    Stage-2 group (its index), when known.
+    """
+
+    def __init__(self, message: str, *, stage: int, epoch: int, member: int | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.epoch = epoch
+        self.member = member

@@ -10,8 +10,10 @@ Python loop per sample. The cast and normalisation are the same tensor ops as
 equals the torchvision eval transform bit for bit.
 
 Randomness: at the start of each epoch, the order comes from
-:func:`mislas.data.loaders.epoch_order` with the caller's generator (the same draw as the
-DataLoader path, so Stage 2's class-aware order is identical on both), then one crop offset
+:func:`mislas.data.loaders.epoch_order` with the caller's generator, or from the caller's
+:class:`mislas.data.samplers.ClassAwareEpochs` (Stage 2; its epoch length, e.g. the
+reference's ``ceil(N/B) + 1`` batches, is the number of batches here too) -- the same as the
+DataLoader path either way, so Stage 2's class-aware order is identical on both -- then one crop offset
 and one flip bit per position from the same generator, all on the CPU, moved to the device
 in one transfer. A caller that reseeds the generator per (seed, stage, epoch), as
 :mod:`mislas.stages` does, gets batches that depend on that epoch seed alone, so resumed
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mislas.data.loaders import SamplerName, epoch_order
+from mislas.data.loaders import Order, epoch_order, order_length
 from mislas.data.types import ArraySplit, LTData, Split
 from mislas.errors import UsageError
 
@@ -110,7 +112,7 @@ class DeviceBatches:
         std: tuple[float, ...],
         batch_size: int,
         device: torch.device,
-        sampler: SamplerName = "sequential",
+        sampler: Order = "sequential",
         generator: torch.Generator | None = None,
         num_classes: int | None = None,
         samples_per_class: int = 4,
@@ -129,7 +131,7 @@ class DeviceBatches:
         self.split = split
         self.batch_size = batch_size
         self.device = torch.device(device)
-        self.sampler: SamplerName = sampler
+        self.sampler: Order = sampler
         self.generator = generator
         self.num_classes = num_classes if num_classes is not None else int(split.labels.max()) + 1 if len(split) else 0
         self.samples_per_class = samples_per_class
@@ -140,8 +142,7 @@ class DeviceBatches:
         self.mean = torch.as_tensor(list(mean), dtype=torch.float32, device=self.device).view(-1, 1, 1)
         self.std = torch.as_tensor(list(std), dtype=torch.float32, device=self.device).view(-1, 1, 1)
         _, self.height, self.width = split.images.shape[:3]
-        self._n = (self.num_classes * int(torch.bincount(split.labels, minlength=self.num_classes).max())
-                   if sampler == "class_aware" and len(split) else len(split))
+        self._n = order_length(sampler, split.labels, self.num_classes)
 
     def __len__(self) -> int:
         return math.ceil(self._n / self.batch_size)
@@ -189,7 +190,7 @@ class DeviceBatches:
 
 
 def train_batches(
-    data: LTData, *, device: torch.device, sampler: SamplerName, batch_size: int, generator: torch.Generator,
+    data: LTData, *, device: torch.device, sampler: Order, batch_size: int, generator: torch.Generator,
     samples_per_class: int = 4, channels_last: bool = True,
 ) -> DeviceBatches:
     """Training batches of ``data.train`` with the data set's augmentation (:func:`train_augmentation`)."""

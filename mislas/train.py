@@ -2,8 +2,9 @@
 
 The edge of the library: it builds the frozen config once (preset, flags, ``--set``),
 picks the device, trains or reuses Stage 1 under ``DIR/stage1``, runs the chosen Stage-2
-method under ``DIR/stage2-<method>``, and writes ``DIR/metrics.json``. Bad input exits
-with status 2 and one line naming the file, field or value.
+method under ``DIR/stage2-<method>``, and writes ``DIR/metrics.json``. Bad input (flags,
+config values, an unavailable device, an ``--out`` that is a file) exits with status 2 and
+one line naming the file, field or value, before any data is loaded.
 """
 
 from __future__ import annotations
@@ -13,22 +14,40 @@ import json
 import platform
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 
-from mislas.checkpoint import write_atomic
-from mislas.config import METHODS, PRESETS, RunConfig, apply_overrides, preset_config
+from mislas.atomic import write_atomic
+from mislas.config import (
+    METHODS,
+    PRESETS,
+    TRAINED_METHODS,
+    RunConfig,
+    apply_overrides,
+    effective_shift_bn,
+    preset_config,
+    with_method,
+)
 from mislas.data import DATASETS, LTData, load_dataset
+from mislas.data.samplers import class_aware_epoch_steps
 from mislas.errors import EXIT_USAGE, UsageError
-from mislas.stages import StageResult, load_stage1, resolve_device, train_stage1, train_stage2
+from mislas.reference import load_any_stage1
+from mislas.stages import StageResult, resolve_device, train_stage1, train_stage2
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but its errors are one line (exit 2) like every other usage error here."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="python -m mislas.train", description="Train MiSLAS (or a baseline) in two stages and evaluate it."
     )
     parser.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
@@ -41,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. stage2.eps_1=0.3 (repeatable)")
     parser.add_argument("--stage1-checkpoint", type=Path, default=None,
-                        help="reuse this finished Stage-1 checkpoint instead of DIR/stage1")
+                        help="reuse this finished Stage-1 checkpoint (ours, or the reference's released "
+                             "file, told apart by its keys) instead of training DIR/stage1")
     parser.add_argument("--pretrained", default=None,
                         help="ImageNet weights file for torchvision ResNets (or 'torchvision' to download)")
     parser.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
@@ -57,16 +77,21 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         raise UsageError(f"--method: unknown method {args.method!r}; allowed: {', '.join(METHODS)}")
     if args.preset not in PRESETS:
         raise UsageError(f"--preset: unknown preset {args.preset!r}; allowed: {', '.join(PRESETS)}")
-    cfg = preset_config(args.preset, args.dataset, args.imb_factor)
+    cfg = with_method(preset_config(args.preset, args.dataset, args.imb_factor), args.method)
     cfg = replace(
         cfg,
         data=replace(cfg.data, data_root=args.data_root),
         stage1=replace(cfg.stage1, mixup=not args.no_mixup, pretrained=args.pretrained or cfg.stage1.pretrained),
-        stage2=replace(cfg.stage2, method=args.method),
         seed=cfg.seed if args.seed is None else args.seed,
         device=args.device or cfg.device,
     )
     return apply_overrides(cfg, args.overrides)
+
+
+def check_out(out: Path) -> None:
+    """``--out`` is a folder (made if missing), not an existing file."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: {out} is an existing file; give a folder for checkpoints and metrics.json")
 
 
 def load_data(cfg: RunConfig) -> LTData:
@@ -87,9 +112,16 @@ def _result_json(result: StageResult) -> dict[str, Any]:
     return {"val": result.val.summary(), "test": result.test.summary()}
 
 
+def _temperature_json(result: StageResult) -> dict[str, Any] | None:
+    """Post-hoc temperature scaling: T fitted on val, and the metrics of logits / T."""
+    if result.temperature is None or result.val_ts is None or result.test_ts is None:
+        return None
+    return {"temperature": result.temperature, "val": result.val_ts.summary(), "test": result.test_ts.summary()}
+
+
 def write_json_atomic(payload: dict[str, Any], path: Path) -> None:
     text = json.dumps(payload, indent=2, default=_jsonable) + "\n"
-    write_atomic(path, lambda fh: fh.write(text.encode()))
+    write_atomic(path, text.encode())
 
 
 def _jsonable(value: Any) -> Any:
@@ -103,9 +135,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def run(cfg: RunConfig, out: Path, *, stage1_checkpoint: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Both stages for ``cfg``; returns (and writes to ``out/metrics.json``) the metrics."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Both stages for ``cfg``; returns (and writes to ``out/metrics.json``) the metrics.
+
+    ``shift_bn`` in metrics.json (top level, the ``stage2`` section and the config) is the
+    effective value (:func:`mislas.config.effective_shift_bn`), never null.
+    """
+    check_out(out)
     device = resolve_device(cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = load_data(cfg)
     if progress:
@@ -115,7 +152,7 @@ def run(cfg: RunConfig, out: Path, *, stage1_checkpoint: Path | None = None, pro
               file=sys.stderr, flush=True)
     t_data = time.perf_counter()
     if stage1_checkpoint is not None:
-        model = load_stage1(stage1_checkpoint, data, cfg, device)
+        model = load_any_stage1(stage1_checkpoint, data, cfg, device)  # ours or the reference's
         stage1 = train_stage2(data, model, replace(cfg, stage2=replace(cfg.stage2, method="ce")), device=device,
                               progress=False)
     else:
@@ -124,11 +161,24 @@ def run(cfg: RunConfig, out: Path, *, stage1_checkpoint: Path | None = None, pro
     stage2_dir = out / f"stage2-{cfg.stage2.method}"
     stage2 = train_stage2(data, stage1.model, cfg, device=device, checkpoint_dir=stage2_dir, progress=progress)
     t_stage2 = time.perf_counter()
+    s2 = cfg.stage2
+    shift_bn = effective_shift_bn(cfg)
+    trained = s2.method in TRAINED_METHODS
+    config = cfg.to_dict()
+    config["stage2"]["shift_bn"] = shift_bn
     metrics: dict[str, Any] = {
         **_result_json(stage2),
-        "method": cfg.stage2.method,
+        "method": s2.method,
         "mixup": cfg.stage1.mixup,
-        "las_target": cfg.stage2.las_target if cfg.stage2.method == "mislas" else None,
+        "las_target": s2.las_target if s2.method == "mislas" else None,
+        "shift_bn": shift_bn,
+        "stage2": {
+            "method": s2.method, "shift_bn": shift_bn, "mixup": s2.mixup if trained else False,
+            "epoch_length": s2.epoch_length if trained else None,
+            "steps_per_epoch": class_aware_epoch_steps(s2.epoch_length, data.class_counts, s2.batch_size)
+            if trained else 0,
+        },
+        "temperature_scaling": _temperature_json(stage2),
         "stage1": _result_json(stage1),
         "extras": {k: v for k, v in stage2.extras.items()},
         "per_class": {
@@ -137,12 +187,12 @@ def run(cfg: RunConfig, out: Path, *, stage1_checkpoint: Path | None = None, pro
             "weight_norm": stage2.weight_norms,
         },
         "reliability": {"test": stage2.test.reliability},
-        "epochs": [r.__dict__ for r in stage2.epochs],
+        "epochs": [asdict(r) for r in stage2.epochs],
         "wall_s": {"data": t_data - t0, "stage1": t_stage1 - t_data, "stage2": t_stage2 - t_stage1},
         "device": device_name(device),
         "torch_version": torch.__version__,
         "data_fingerprint": data.fingerprint,
-        "config": cfg.to_dict(),
+        "config": config,
     }
     write_json_atomic(metrics, out / "metrics.json")
     return metrics
@@ -158,13 +208,16 @@ def _format_row(name: str, summary: dict[str, float | None]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_out(args.out)
         cfg = resolve_config(args)
         metrics = run(cfg, args.out, stage1_checkpoint=args.stage1_checkpoint, progress=not args.quiet)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the message held
+        print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE
     stage1_name = "CE+mixup" if cfg.stage1.mixup else "CE"
-    method_name = {"mislas": "MiSLAS", "ce": stage1_name, "crt": "cRT", "lws": "LWS", "tau_norm": "tau-norm"}
+    mislas_name = "MiSLAS" if cfg.stage1.mixup else "MiSLAS (plain S1)"
+    method_name = {"mislas": mislas_name, "ce": stage1_name, "crt": "cRT", "lws": "LWS", "tau_norm": "tau-norm"}
     label = method_name[cfg.stage2.method] + ("" if cfg.stage2.method in ("mislas", "ce") or not cfg.stage1.mixup
                                               else "+mixup")
     print(f"\ntest split      {'All':>6} {'Many':>6} {'Med':>6} {'Few':>6} {'ECE':>6} {'NLL':>6}")

@@ -2,8 +2,9 @@
 
 Also ``epoch_order``, the one definition of an epoch's sample order, shared with the
 device-resident fast path (:mod:`mislas.fastpath`) so both paths draw the same order from
-the same generator, and ``resolve_num_workers`` ("auto": the CPUs this process was given,
-by Ray inside a trial or by the affinity mask, minus one for the training loop).
+the same generator (or, for Stage 2, take it from the same :class:`ClassAwareEpochs`), and
+``resolve_num_workers`` ("auto": the CPUs this process was given, by Ray inside a trial or
+by the affinity mask, minus one for the training loop).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from mislas.data.datasets import Transform, as_torch_dataset
-from mislas.data.samplers import ClassAwareSampler
+from mislas.data.samplers import ClassAwareEpochs, ClassAwareSampler
 from mislas.data.types import Split
 from mislas.errors import UsageError
 
 SAMPLERS = ("instance", "class_aware", "sequential")
 SamplerName = Literal["instance", "class_aware", "sequential"]
+Order = SamplerName | ClassAwareEpochs
+"""A sampling rule by name, or Stage 2's class-aware epochs (continuing cycles, set length)."""
 NumWorkers = int | Literal["auto"]
 DEFAULT_PREFETCH = 4
 """Batches each worker keeps ready (torch's default is 2): slack for uneven JPEG decode times."""
@@ -65,15 +68,18 @@ def resolve_num_workers(num_workers: NumWorkers) -> int:
 
 
 def epoch_order(
-    sampler: SamplerName, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
+    sampler: Order, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
     samples_per_class: int = 4,
 ) -> torch.Tensor:
     """One epoch's sample indices (int64, CPU), drawn from ``generator``.
 
     ``instance``: one ``randperm`` (a plain shuffle); ``class_aware``: fresh
     :class:`ClassAwareSampler` cycles from the generator's state, i.e. what a sampler with
-    ``restart_each_epoch=True`` draws; ``sequential``: split order, no draw.
+    ``restart_each_epoch=True`` draws; ``sequential``: split order, no draw. A
+    :class:`ClassAwareEpochs` gives its current epoch and draws nothing from ``generator``.
     """
+    if isinstance(sampler, ClassAwareEpochs):
+        return torch.from_numpy(sampler.indices())
     n = int(labels.shape[0])
     if sampler == "instance":
         return torch.randperm(n, generator=generator)
@@ -85,6 +91,16 @@ def epoch_order(
     raise UsageError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
 
 
+def order_length(sampler: Order, labels: torch.Tensor, num_classes: int) -> int:
+    """Samples in one epoch of ``sampler`` over ``labels``."""
+    if isinstance(sampler, ClassAwareEpochs):
+        return len(sampler)
+    n = int(labels.shape[0])
+    if sampler == "class_aware" and n:
+        return num_classes * int(torch.bincount(labels, minlength=num_classes).max())
+    return n
+
+
 class _SeededOrder(Sampler[tuple[int, int]]):
     """Yields ``(index, seed)``: the epoch's order, then one augmentation seed per position.
 
@@ -94,13 +110,11 @@ class _SeededOrder(Sampler[tuple[int, int]]):
     makes each item's augmentation a function of (seed, epoch, position) alone.
     """
 
-    def __init__(self, kind: SamplerName, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
+    def __init__(self, kind: Order, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
                  samples_per_class: int) -> None:
         self.kind, self.labels, self.num_classes = kind, labels, num_classes
         self.generator, self.samples_per_class = generator, samples_per_class
-        n = int(labels.shape[0])
-        self.length = num_classes * int(torch.bincount(labels, minlength=num_classes).max()) if (
-            kind == "class_aware" and n) else n
+        self.length = order_length(kind, labels, num_classes)
 
     def __len__(self) -> int:
         return self.length
@@ -134,7 +148,7 @@ def make_loader(
     transform: Transform | None,
     *,
     batch_size: int,
-    sampler: SamplerName = "instance",
+    sampler: Order = "instance",
     num_classes: int,
     generator: torch.Generator,
     num_workers: NumWorkers = 0,
@@ -146,7 +160,8 @@ def make_loader(
     """A DataLoader over ``split``.
 
     ``instance``: a plain shuffle (Stage 1); ``class_aware``: :class:`ClassAwareSampler` with
-    runs of ``samples_per_class`` (Stage 2); ``sequential``: split order (evaluation).
+    runs of ``samples_per_class``; a :class:`ClassAwareEpochs`: its epochs (Stage 2, the
+    caller sets the epoch); ``sequential``: split order (evaluation).
     ``generator`` draws each epoch's order and then one augmentation seed per item (see
     :class:`_SeededOrder`), so a caller that reseeds it per epoch gets the same batches with
     any worker count, and on resume. ``num_workers="auto"`` uses :func:`resolve_num_workers`;
@@ -160,8 +175,12 @@ def make_loader(
         raise UsageError(f"prefetch_factor >= 1 must hold, got prefetch_factor={prefetch_factor}")
     dataset: Dataset[Any] = as_torch_dataset(split, transform)
     chosen: Sampler[Any]
-    if sampler == "sequential":
-        chosen = SequentialSampler(dataset)
+    if isinstance(sampler, ClassAwareEpochs):
+        chosen = _SeededOrder(sampler, split.labels, num_classes=num_classes, generator=generator,
+                              samples_per_class=samples_per_class)
+        dataset = _SeededItems(dataset)
+    elif sampler == "sequential":
+        chosen = SequentialSampler(range(int(split.labels.shape[0])))
     elif sampler in ("instance", "class_aware"):
         if sampler == "class_aware":  # check the labels now, not at the first epoch
             ClassAwareSampler(split.labels, num_classes, samples_per_class=samples_per_class,

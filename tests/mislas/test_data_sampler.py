@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from mislas.data import ClassAwareSampler, eval_transform, load_dataset, make_loader, train_transform
+from mislas.data.samplers import ClassAwareEpochs, class_aware_epoch_samples, class_aware_epoch_steps
 from mislas.errors import UsageError
 
 COUNTS = [52, 20, 7, 3, 1]  # a long tail with a one-image class; epoch 5 * 52 = 65 runs of 4
@@ -121,3 +123,70 @@ def test_make_loader_with_workers(cifar10_root: Path) -> None:
         return next(iter(ld))[0]
 
     assert torch.equal(batch(), batch())
+
+
+# --- Stage 2's epochs: continuing cycles, set length, resumable --------------------------------
+
+def _epochs(seed: int = 3, per_epoch: int = 24) -> ClassAwareEpochs:
+    return ClassAwareEpochs(_labels(COUNTS), len(COUNTS), seed=seed, samples_per_class=4, samples_per_epoch=per_epoch)
+
+
+def test_class_aware_epochs_continue_the_cycles_across_epochs() -> None:
+    """As the reference's sampler (its cycles live on the sampler): epochs shorter than the head class's
+    count walk through it without repeats, where restarting each epoch would redraw from a fresh cycle."""
+    labels = _labels(COUNTS).numpy()
+    epochs = _epochs(per_epoch=24)  # 6 runs of 4 per epoch; 52 images in class 0
+    drawn = []
+    for e in range(1, 17):  # 16 x 6 runs: >= 19 runs (76 draws) of class 0
+        epochs.set_epoch(e)
+        idx = epochs.indices()
+        assert idx.shape == (24,) and np.all(labels[idx].reshape(-1, 4) == labels[idx].reshape(-1, 4)[:, :1])
+        drawn.append(idx)
+    stream = np.concatenate(drawn)
+    head = stream[labels[stream] == 0]
+    assert head.size >= 52
+    assert sorted(head[:52].tolist()) == np.flatnonzero(labels == 0).tolist()  # one full cycle, no repeat
+    # the class of each run follows one shuffled cycle over the classes across epoch boundaries
+    classes = labels[stream][::4]
+    k = len(COUNTS)
+    for block in range(len(classes) // k):
+        assert sorted(classes[block * k : (block + 1) * k].tolist()) == list(range(k))
+
+
+def test_class_aware_epochs_are_a_function_of_seed_and_epoch() -> None:
+    """A resumed run (a fresh object asked for epoch 3) draws what an uninterrupted run draws."""
+    run = _epochs()
+    seq = []
+    for e in (1, 2, 3, 4):
+        run.set_epoch(e)
+        seq.append(run.indices().copy())
+    fresh = _epochs()
+    fresh.set_epoch(3)
+    assert np.array_equal(fresh.indices(), seq[2])
+    fresh.set_epoch(4)
+    assert np.array_equal(fresh.indices(), seq[3])
+    run.set_epoch(2)  # going back replays from the seed
+    assert np.array_equal(run.indices(), seq[1])
+    assert not np.array_equal(seq[0], seq[1])
+    assert not np.array_equal(_epochs(seed=4).indices(), seq[0])
+    with pytest.raises(ValueError, match="epoch >= 1"):
+        run.set_epoch(0)
+
+
+def test_epoch_length_rules() -> None:
+    """Steps per Stage-2 epoch, computed independently from N, B, K and n_max."""
+    cifar = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # CIFAR-10-LT β=100 (method.md)
+    assert sum(cifar) == 12406
+    assert class_aware_epoch_steps("reference", cifar, 128) == math.ceil(12406 / 128) + 1 == 98
+    assert class_aware_epoch_steps("sampler", cifar, 128) == math.ceil(10 * 5000 / 128) == 391
+    places = [4980] + [5] * 364
+    places[1:] = [5 + (57520 - 5 * 364) // 364] * 364
+    places[1] += 62500 - sum(places)  # 365 classes, N = 62,500, n_max = 4980 as Places-LT
+    assert len(places) == 365 and sum(places) == 62500 and max(places) == 4980
+    assert class_aware_epoch_steps("reference", places, 256) == math.ceil(62500 / 256) + 1 == 246
+    assert class_aware_epoch_steps("sampler", places, 256) == math.ceil(365 * 4980 / 256) == 7101
+    assert class_aware_epoch_samples(7, cifar, 128) == 7 * 128
+    # balanced data: the sampler's epoch (K * n_max = N) ends before ceil(N/B) + 1 batches, as the reference's loop
+    assert class_aware_epoch_samples("reference", [10, 10, 10], 8) == 30
+    with pytest.raises(ValueError, match="epoch_length"):
+        class_aware_epoch_samples(0, cifar, 128)

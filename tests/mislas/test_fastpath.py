@@ -34,6 +34,7 @@ from mislas.data import (
     train_transform,
 )
 from mislas.data.loaders import resolve_num_workers
+from mislas.data.samplers import ClassAwareEpochs
 from mislas.errors import UsageError
 from mislas.fastpath import CropFlip, DeviceBatches
 
@@ -208,10 +209,28 @@ def test_stage2_fast_path_is_used_and_keeps_data_on_the_device(monkeypatch: pyte
     cfg = replace(_tiny_cfg("auto"), stage1=replace(_tiny_cfg("auto").stage1, epochs=1))
     s1 = stages.train_stage1(data, cfg, device=CPU, progress=False)
     stages.train_stage2(data, s1.model, replace(cfg, stage2=replace(cfg.stage2, epochs=1)), device=CPU, progress=False)
-    assert made.count("instance") == 1 and made.count("class_aware") == 1 and made.count("sequential") >= 3
+    epochs = [m for m in made if isinstance(m, ClassAwareEpochs)]  # Stage 2's class-aware epochs
+    assert made.count("instance") == 1 and len(epochs) == 1 and made.count("sequential") >= 3
     with pytest.raises(UsageError, match="in-memory"):
         fastpath.selected(FileListSplit(Path("."), ("a.jpg",), torch.zeros(1, dtype=torch.int64), Path("l.txt")),
                           "fast")
+
+
+@pytest.mark.parametrize("loader", ["torch", "auto"])
+def test_stage2_epoch_length_holds_on_both_paths(loader: str) -> None:
+    """Optimizer steps per Stage-2 epoch, DataLoader and fast path: the reference's ceil(N/B) + 1 by
+    default, the sampler's K * n_max / B with "sampler", exactly S with an integer S."""
+    counts = [37, 11, 5]
+    data = _data(counts, size=8, channels=3, seed=5)
+    cfg = _tiny_cfg(loader)
+    s1 = stages.train_stage1(data, replace(cfg, stage1=replace(cfg.stage1, epochs=1)), device=CPU, progress=False)
+    n, b = sum(counts), cfg.stage2.batch_size
+    expected = {"reference": math.ceil(n / b) + 1, "sampler": math.ceil(3 * 37 / b), 3: 3}
+    assert expected["reference"] < expected["sampler"]  # 5 vs 7: the two rules differ here
+    for length, steps in expected.items():
+        s2 = replace(cfg.stage2, epochs=2, epoch_length=length)
+        out = stages.train_stage2(data, s1.model, replace(cfg, stage2=s2), device=CPU, progress=False)
+        assert [r.steps for r in out.epochs] == [steps, steps], (loader, length)
 
 
 def test_loader_batches_do_not_depend_on_workers_or_history() -> None:

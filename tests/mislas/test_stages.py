@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 
@@ -10,20 +11,22 @@ import pytest
 import torch
 from torch import nn
 
-from mislas.config import RunConfig, Stage1Config, Stage2Config, smoke_config
+from mislas.config import RunConfig, Stage1Config, Stage2Config, effective_shift_bn, smoke_config
 from mislas.data import LTData
-from mislas.errors import UsageError
-from mislas.models import ScaledClassifier, TauNormClassifier
+from mislas.errors import NonFiniteError, UsageError
+from mislas.models import Network, ScaledClassifier, TauNormClassifier
 from mislas.stages import (
     Mixup,
     cosine_factor,
     load_stage1,
+    resolve_device,
     stage1_lr_factor,
     train_stage1,
     train_stage2,
 )
 
 CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**stage2: object) -> RunConfig:
@@ -203,3 +206,70 @@ def test_smoke_preset_keeps_paper_stage2_knobs() -> None:
     cfg = smoke_config("cifar100_lt", 100)
     assert (cfg.stage2.eps_1, cfg.stage2.eps_k, cfg.stage2.dw_ratio) == (0.4, 0.1, 0.2)
     assert cfg.stage1.epochs < 200 and cfg.stage2.epochs < 10
+
+
+@pytest.mark.parametrize("method", ["crt", "lws"])
+def test_baselines_shift_bn_by_default_as_kang_et_al(tiny: LTData, stage1, method: str) -> None:
+    """cRT / LWS run the frozen backbone in train mode by default (Kang et al.'s model.train()), so BN
+    statistics re-estimate; shift_bn=False keeps them; the conv and BN affine weights never change."""
+    result, _ = stage1
+    before_w, before_stats = _split_params(result.model)
+    assert effective_shift_bn(_cfg(method=method)) is True
+    shifted = train_stage2(tiny, result.model, _cfg(method=method, epochs=1), device=CPU, progress=False)
+    kept = train_stage2(tiny, result.model, _cfg(method=method, epochs=1, shift_bn=False), device=CPU, progress=False)
+    for out, changes in ((shifted, True), (kept, False)):
+        after_w, after_stats = _split_params(out.model)
+        assert all(torch.equal(before_w[k], after_w[k]) for k in before_w)
+        moved = [k for k in before_stats if not torch.equal(before_stats[k], after_stats[k])]
+        assert len(moved) == (len(before_stats) if changes else 0), method
+        assert out.extras["shift_bn"] is changes
+
+
+def test_effective_shift_bn_by_method() -> None:
+    assert [effective_shift_bn(_cfg(method=m)) for m in ("mislas", "crt", "lws", "ce", "tau_norm")] == [
+        True, True, True, False, False]
+    assert effective_shift_bn(_cfg(shift_bn=False)) is False
+    assert effective_shift_bn(_cfg(method="ce", shift_bn=True)) is False  # no Stage-2 training, no shift
+
+
+def test_non_finite_training_raises_a_typed_error_naming_the_epoch(tiny: LTData, stage1) -> None:
+    result, _ = stage1
+    poisoned = copy.deepcopy(result.model)
+    with torch.no_grad():
+        poisoned.classifier.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"^stage 2, epoch 1: training diverged \(mean training loss nan\)$") as info:
+        train_stage2(tiny, poisoned, _cfg(), device=CPU, progress=False)
+    assert (info.value.stage, info.value.epoch, info.value.member) == (2, 1, None)
+
+
+def test_mislas_on_a_plain_stage1_with_stage2_mixup(tiny: LTData) -> None:
+    """The ablation cells: MiSLAS's Stage 2 on a Stage 1 without mixup, and mixup in Stage 2."""
+    cfg = _cfg(mixup=True, mixup_alpha=0.4, epochs=1)
+    cfg = replace(cfg, stage1=replace(cfg.stage1, mixup=False, epochs=1))
+    s1 = train_stage1(tiny, cfg, device=CPU, progress=False)
+    out = train_stage2(tiny, s1.model, cfg, device=CPU, progress=False)
+    assert len(out.epochs) == 1 and math.isfinite(out.epochs[0].train_loss)
+    assert out.epochs[0].steps == math.ceil(sum(tiny.class_counts) / 16) + 1
+
+
+def test_resolve_device_refuses_in_one_line() -> None:
+    assert resolve_device("cpu") == CPU
+    with pytest.raises(UsageError, match="device must be one of auto, cpu, cuda, cuda:N, mps, got 'gpu'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="CUDA, which is not available"):
+            resolve_device("cuda")
+
+
+def test_shift_bn_leaves_a_frozen_trunk_in_eval_mode(tiny: LTData, stage1) -> None:
+    """Places-LT: the pretrained trunk stays in eval mode; shift BN re-estimates the body's BN only."""
+    result, _ = stage1
+    model = Network(copy.deepcopy(result.model.body), result.model.feature_dim, tiny.num_classes,
+                    trunk=nn.BatchNorm2d(1).eval())
+    model.classifier = copy.deepcopy(result.model.classifier)
+    trunk_before = {k: v.clone() for k, v in model.trunk.state_dict().items()}
+    body_before = {k: v.clone() for k, v in model.body.state_dict().items() if "running" in k}
+    out = train_stage2(tiny, model, _cfg(epochs=1), device=CPU, progress=False)
+    assert all(torch.equal(trunk_before[k], v) for k, v in out.model.trunk.state_dict().items())
+    body_after = out.model.body.state_dict()
+    assert all(not torch.equal(body_before[k], body_after[k]) for k in body_before)

@@ -39,7 +39,17 @@ def test_two_stage_run_writes_metrics(tmp_path: Path, make_fashion_mnist) -> Non
         assert set(summary) >= {"acc", "acc_many", "acc_medium", "acc_few", "ece", "mce", "nll"}
         assert 0 <= summary["acc"] <= 100 and 0 <= summary["ece"] <= 100 and summary["nll"] > 0
         assert summary["acc_many"] is None  # n_max 40: no class has more than 100 images
-    assert metrics["config"]["stage2"]["method"] == "mislas" and metrics["las_target"] == "paper"
+    # the preset's Stage 2 is the published numbers' setting: the reference's LAS target and epoch length
+    assert metrics["config"]["stage2"]["method"] == "mislas" and metrics["las_target"] == "reference"
+    # shift BN: the preset's MiSLAS value (Fashion-MNIST-LT takes CIFAR-10-LT's row: off), written as a value
+    assert metrics["shift_bn"] is False and metrics["config"]["stage2"]["shift_bn"] is False
+    assert metrics["stage2"]["shift_bn"] is False and metrics["stage2"]["epoch_length"] == "reference"
+    ts = metrics["temperature_scaling"]  # post-hoc temperature scaling, fitted on val
+    assert ts["temperature"] > 0 and ts["test"]["acc"] == pytest.approx(metrics["test"]["acc"])
+    assert ts["val"]["nll"] <= metrics["val"]["nll"] + 1e-9  # T minimises the val NLL (T = 1 is a candidate)
+    n_train = sum(metrics["per_class"]["train_count"])
+    assert [r["steps"] for r in metrics["epochs"]] == [math.ceil(n_train / 32) + 1] * 2  # ceil(N/B) + 1
+    assert metrics["stage2"]["steps_per_epoch"] == math.ceil(n_train / 32) + 1
     assert metrics["config"]["data"]["n_max"] == 40
     assert len(metrics["per_class"]["weight_norm"]) == 10
     assert all(math.isfinite(v) for v in metrics["per_class"]["weight_norm"])
@@ -52,6 +62,22 @@ def test_two_stage_run_writes_metrics(tmp_path: Path, make_fashion_mnist) -> Non
     assert proc.returncode == 0, proc.stderr
     lws = json.loads((out / "metrics.json").read_text())
     assert lws["method"] == "lws" and lws["stage1"] == metrics["stage1"]
+    assert lws["shift_bn"] is True  # LWS's own default (Kang et al.)
+
+    # MiSLAS on a plain Stage 1 (no mixup), with mixup in Stage 2: the ablation cells run
+    proc = _train("--dataset", "fashion_mnist_lt", "--data-root", root, "--out", tmp_path / "plain", "--preset",
+                  "smoke", "--imb-factor", "10", "--set", "data.n_max=40", "--set", "data.val_per_class=4",
+                  "--set", "stage1.epochs=1", "--no-mixup", "--set", "stage2.mixup=true", "--set", "stage2.epochs=1",
+                  "--set", "stage2.epoch_length=2", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert plain["mixup"] is False and plain["stage2"]["mixup"] is True and plain["epochs"][0]["steps"] == 2
+    proc = _train("--dataset", "fashion_mnist_lt", "--data-root", root, "--out", tmp_path / "plain", "--preset",
+                  "smoke", "--imb-factor", "10", "--set", "data.n_max=40", "--set", "data.val_per_class=4",
+                  "--set", "stage1.epochs=1", "--no-mixup", "--method", "tau_norm", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    tau = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert tau["shift_bn"] is False and tau["epochs"] == []
 
 
 @pytest.mark.parametrize(
@@ -63,11 +89,27 @@ def test_two_stage_run_writes_metrics(tmp_path: Path, make_fashion_mnist) -> Non
         (("--dataset", "cifar10_lt", "--set", "stage2.eps_1=abc"), "stage2.eps_1"),
         (("--dataset", "cifar10_lt", "--data-root", "/nonexistent/cifar"), "/nonexistent/cifar"),
         (("--dataset", "cifar10_lt", "--preset", "huge"), "huge"),
+        (("--dataset", "cifar10_lt", "--set", "stage2.eps_1=nan"), "stage2.eps_1 must be a finite number in [0, 1)"),
+        (("--dataset", "cifar10_lt", "--set", "stage2.epoch_length=0"), "stage2.epoch_length"),
+        (("--dataset", "cifar10_lt", "--device", "gpu"), "device must be one of"),
+        (("--dataset", "cifar10_lt", "--imb-factor", "ten"), "--imb-factor"),
     ],
 )
 def test_bad_input_exits_2_naming_it(tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
     line = _one_line_error(_train(*args, "--out", tmp_path / "o"))
     assert needle in line
+
+
+def test_cuda_without_cuda_and_out_file_exit_2(tmp_path: Path) -> None:
+    """Refused before any data is loaded: cifar10_lt has no data here, so a data error would say so."""
+    import torch
+
+    if not torch.cuda.is_available():
+        line = _one_line_error(_train("--dataset", "cifar10_lt", "--device", "cuda", "--out", tmp_path / "o"))
+        assert "CUDA" in line and "not available" in line
+    (tmp_path / "file").write_text("x")
+    line = _one_line_error(_train("--dataset", "cifar10_lt", "--out", tmp_path / "file"))
+    assert "--out" in line and "existing file" in line
 
 
 def test_bad_split_list_line_exits_2(tmp_path: Path, make_list) -> None:
