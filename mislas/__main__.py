@@ -1,4 +1,4 @@
-"""``python -m mislas describe ...``: one JSON object on stdout; bad input -> one line on stderr, exit 2."""
+"""``python -m mislas describe|evaluate ...``: one JSON object on stdout; bad input -> one line on stderr, exit 2."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from mislas.errors import EXIT_USAGE, UsageError
@@ -30,6 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train-list", default=None, help="train list, absolute or relative to --data-root")
     d.add_argument("--val-list", default=None, help="val list, absolute or relative to --data-root")
     d.add_argument("--test-list", default=None, help="test list, absolute or relative to --data-root")
+    e = sub.add_parser(
+        "evaluate",
+        help="val/test metrics of a checkpoint: ours (stage1.pt, stage2.pt) or the reference implementation's",
+    )
+    e.add_argument("--checkpoint", required=True, type=Path, help="the checkpoint file")
+    e.add_argument("--dataset", required=True, help="a registered data set, e.g. cifar100_lt, places_lt")
+    e.add_argument("--arch", default=None, help="backbone of a reference file (default: the data set's)")
+    e.add_argument("--data-root", default=None, help="folder with the data set's files")
+    e.add_argument("--imb-factor", type=float, default=None, help="β of a reference CIFAR-LT file (default 100)")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. eval.batch_size=256 (repeatable)")
+    e.add_argument("--stage1-checkpoint", type=Path, default=None,
+                   help="Stage-1 file of one of our stage2.pt (default: ../stage1/stage1.pt beside it)")
+    e.add_argument("--device", default=None, help="auto (default), cpu, cuda, ...")
+    e.add_argument("--out", required=True, type=Path, help="output folder for metrics.json")
     return parser
 
 
@@ -48,7 +64,23 @@ def _describe(args: argparse.Namespace) -> dict[str, object]:
     )
 
 
-COMMANDS = {"describe": _describe}
+def _evaluate(args: argparse.Namespace) -> dict[str, object]:
+    from mislas.evaluate import evaluate_checkpoint  # torch and the model code load only for this command
+
+    return evaluate_checkpoint(
+        args.checkpoint,
+        dataset=args.dataset,
+        out=args.out,
+        arch=args.arch,
+        data_root=args.data_root,
+        imb_factor=args.imb_factor,
+        overrides=args.overrides,
+        stage1_checkpoint=args.stage1_checkpoint,
+        device=args.device,
+    )
+
+
+COMMANDS = {"describe": _describe, "evaluate": _evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ features to logits and is what Stage 2 retrains. No device placement happens her
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,10 +43,12 @@ class Network(nn.Module):
         if self.trunk is not None:
             with torch.no_grad():
                 x = self.trunk(x)
-        return self.body(x)
+        out: torch.Tensor = self.body(x)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        logits: torch.Tensor = self.classifier(self.features(x))
+        return logits
 
 
 class ScaledClassifier(nn.Module):
@@ -62,7 +65,8 @@ class ScaledClassifier(nn.Module):
         self.scale.requires_grad_(train_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x) * self.scale
+        logits: torch.Tensor = self.linear(x) * self.scale
+        return logits
 
     def effective_weight(self) -> torch.Tensor:
         return self.linear.weight * self.scale[:, None]
@@ -70,6 +74,8 @@ class ScaledClassifier(nn.Module):
 
 class TauNormClassifier(nn.Module):
     """τ-normalised classifier (Kang et al.): w_i / ‖w_i‖^τ, no bias, no training."""
+
+    weight: torch.Tensor
 
     def __init__(self, linear: nn.Linear, tau: float) -> None:
         super().__init__()
@@ -91,7 +97,8 @@ def effective_weight(classifier: nn.Module) -> torch.Tensor:
     """The weight matrix that multiplies features, scale and τ included (for weight norms)."""
     if isinstance(classifier, nn.Linear):
         return classifier.weight
-    return classifier.effective_weight()  # type: ignore[operator]
+    weight: torch.Tensor = getattr(classifier, "effective_weight")()  # noqa: B009 (heads without the method fail here)
+    return weight
 
 
 # --- ResNet-32 for 32x32 / 28x28 inputs (He et al. 2016, CIFAR variant) -------------------
@@ -152,8 +159,11 @@ _TV_RESNETS: dict[str, tuple[Callable[..., tv_models.ResNet], Callable[[], objec
 }
 
 
-def _load_pretrained(arch: str, model: nn.Module, pretrained: str) -> None:
-    """Weights from a local file, or torchvision's weights API ("torchvision", needs network)."""
+def _load_pretrained(arch: str, model: nn.Module, pretrained: str, *, unused: tuple[str, ...] = ("fc.",)) -> None:
+    """Weights from a local file, or torchvision's weights API ("torchvision", needs network).
+
+    Keys under the ``unused`` prefixes may be absent or extra: the caller discards them.
+    """
     if pretrained == "torchvision":
         weights = _TV_RESNETS[arch][1]()
         try:
@@ -172,8 +182,8 @@ def _load_pretrained(arch: str, model: nn.Module, pretrained: str) -> None:
             state = state["state_dict"]
         state = {k.removeprefix("module."): v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    unexpected = [k for k in unexpected if not k.startswith("fc.")]
+    missing = [k for k in missing if not k.startswith(unused)]
+    unexpected = [k for k in unexpected if not k.startswith(unused)]
     if missing or unexpected:
         raise UsageError(
             f"--pretrained {pretrained}: not a {arch} state_dict (missing {missing[:3]}, unexpected {unexpected[:3]})"
@@ -185,16 +195,41 @@ def _torchvision_resnet(arch: str, num_classes: int, pretrained: str | None) -> 
     if pretrained:
         _load_pretrained(arch, net, pretrained)
     feature_dim = net.fc.in_features
-    net.fc = nn.Identity()  # type: ignore[assignment]
+    net.fc = nn.Identity()
     return Network(net, feature_dim, num_classes)
 
 
+PLACES_TRUNK_LAYER4_BLOCKS = 2
+"""Pretrained layer4 blocks the Places-LT trunk keeps (layer4.0, layer4.1; layer4.2 is replaced)."""
+
+
 def _places_resnet152(num_classes: int, pretrained: str | None, load_pretrained: bool) -> Network:
-    """Frozen ImageNet ResNet-152 trunk + one trainable bottleneck block (2048→512→2048)."""
+    """Frozen ImageNet ResNet-152 without its last block + one fresh trainable bottleneck in its place.
+
+    Follows the reference: it builds ResNet-152 with layer4 of 2 blocks, deletes the
+    pretrained ``layer4.2.*`` (and ``fc.*``) weights before loading (reference
+    models/resnet_places.py, not in our index; the same construction is in the derived copy
+    juyongjiang/FBL models/resnet_places.py ``_resnet`` and ``resnet152_p``), and trains a
+    separately built ``Bottleneck(2048, 512)`` with the classifier (train_stage1.py:123-126 builds
+    it, :222-226 optimises block and classifier only, :288-290 keeps the trunk in eval mode;
+    line numbers of commit 6d9530e). Stage 2's shift BN re-estimates this block's statistics
+    only (train_stage2.py:312-317), which is what training ``body`` means here. The depth
+    stays 152: 1 + 3·(3+8+36+3) + 1, as torchvision's ResNet-152. The new block keeps
+    PyTorch's default initialisation, as the reference's standalone block does (the ResNet's
+    kaiming_normal_ loop only runs inside ResNet.__init__). The trunk's modules keep
+    torchvision's names (``trunk.layer4.1.conv3``) so weights map by name.
+    """
     net = tv_models.resnet152()
     if load_pretrained:
-        _load_pretrained("resnet152", net, pretrained or "torchvision")
-    trunk = nn.Sequential(*(list(net.children())[:-2]))  # up to layer4: [B, 2048, 7, 7]
+        # a file without layer4.2 (the reference's trimmed dict) is as good as a full one
+        _load_pretrained("resnet152", net, pretrained or "torchvision", unused=("fc.", "layer4.2."))
+    trunk = nn.Sequential(
+        OrderedDict(
+            conv1=net.conv1, bn1=net.bn1, relu=net.relu, maxpool=net.maxpool, layer1=net.layer1,
+            layer2=net.layer2, layer3=net.layer3,
+            layer4=nn.Sequential(*list(net.layer4.children())[:PLACES_TRUNK_LAYER4_BLOCKS]),
+        )
+    )  # [B, 2048, 7, 7] at 224 px; the pretrained layer4.2 and fc are dropped here
     body = nn.Sequential(Bottleneck(2048, 512), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return Network(body, 2048, num_classes, trunk=trunk)
 

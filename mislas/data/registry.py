@@ -24,8 +24,12 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 FASHION_MNIST_MEAN = (0.2860,)  # measured on the 60k training images
 FASHION_MNIST_STD = (0.3530,)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # ImageNet-LT and Places-LT (reference datasets/places.py:91)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# iNaturalist 2018: the reference's own statistics, not ImageNet's (datasets/ina2018.py:91 of
+# dvlab-research/MiSLAS, train and eval transforms alike); its published iNat models expect them.
+INAT_MEAN = (0.466, 0.471, 0.380)
+INAT_STD = (0.195, 0.194, 0.192)
 
 
 def _array_spec(
@@ -71,9 +75,11 @@ def _list_spec(
     val_list: str | None,
     test_list: str,
     val_per_class: int | None,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
     description: str,
 ) -> DatasetSpec:
-    """A split-list set at 224 px with ImageNet normalisation; ``val_list=None``: val held out of train."""
+    """A split-list set at 224 px; ``val_list=None``: val held out of train."""
     return DatasetSpec(
         name=name,
         num_classes=num_classes,
@@ -84,8 +90,8 @@ def _list_spec(
         default_val_per_class=val_per_class,
         image_size=224,
         in_channels=3,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=mean,
+        std=std,
         train_list=train_list,
         val_list=val_list,
         test_list=test_list,
@@ -103,12 +109,14 @@ _SPECS = (
                 description="CIFAR-100 train under the LDAM LT profile; official test set"),
     _list_spec(name="imagenet_lt", num_classes=1000, backbone="resnet50", train_list="ImageNet_LT_train.txt",
                val_list="ImageNet_LT_val.txt", test_list="ImageNet_LT_test.txt", val_per_class=None,
+               mean=IMAGENET_MEAN, std=IMAGENET_STD,
                description="ImageNet-LT split lists (train 115,846; val 20 and test 50 a class)"),
     _list_spec(name="places_lt", num_classes=365, backbone="resnet152_places", train_list="Places_LT_train.txt",
                val_list="Places_LT_val.txt", test_list="Places_LT_test.txt", val_per_class=None,
+               mean=IMAGENET_MEAN, std=IMAGENET_STD,
                description="Places-LT split lists (train 62,500; val 20 and test 100 a class)"),
     _list_spec(name="inat2018", num_classes=8142, backbone="resnet50", train_list="iNaturalist18_train.txt",
-               val_list=None, test_list="iNaturalist18_val.txt", val_per_class=1,
+               val_list=None, test_list="iNaturalist18_val.txt", val_per_class=1, mean=INAT_MEAN, std=INAT_STD,
                description="iNaturalist 2018; the official val list is the test split, val held out of train"),
     _array_spec(name="fashion_mnist_lt", num_classes=10, n_max=1000, val_per_class=100, image_size=28,
                 in_channels=1, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, loader=load_fashion_mnist_lt,

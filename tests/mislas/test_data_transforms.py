@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from mislas.data import as_torch_dataset, eval_transform, load_dataset, train_transform
+from mislas.data import DATASETS, as_torch_dataset, eval_transform, load_dataset, train_transform
 
 
 def _names(t: v2.Compose) -> list[str]:
@@ -40,3 +40,25 @@ def test_list_recipe(image_tree: Path) -> None:
     assert _names(ev)[:3] == ["ToImage", "Resize", "CenterCrop"] and ev.transforms[1].size == [256]
     x, _ = as_torch_dataset(data.val, ev)[0]
     assert x.shape == (3, 224, 224) and x.dtype == torch.float32
+
+
+def test_normalisation_constants_are_the_references() -> None:
+    """iNat uses its own statistics (reference datasets/ina2018.py), ImageNet-LT and Places-LT ImageNet's."""
+    assert DATASETS["inat2018"].mean == (0.466, 0.471, 0.380)
+    assert DATASETS["inat2018"].std == (0.195, 0.194, 0.192)
+    for name in ("imagenet_lt", "places_lt"):
+        assert DATASETS[name].mean == (0.485, 0.456, 0.406) and DATASETS[name].std == (0.229, 0.224, 0.225)
+    assert DATASETS["cifar10_lt"].mean == DATASETS["cifar100_lt"].mean == (0.4914, 0.4822, 0.4465)
+    assert DATASETS["cifar10_lt"].std == DATASETS["cifar100_lt"].std == (0.2023, 0.1994, 0.2010)
+
+
+def test_inat_eval_transform_normalises_with_its_constants(list_roots: dict[str, Path]) -> None:
+    data = load_dataset("inat2018", list_roots["inat2018"])
+    assert data.mean == (0.466, 0.471, 0.380) and data.std == (0.195, 0.194, 0.192)
+    norm = eval_transform(data).transforms[-2]
+    assert isinstance(norm, v2.Normalize)
+    assert norm.mean == [0.466, 0.471, 0.380] and norm.std == [0.195, 0.194, 0.192]
+    grey = torch.full((3, 300, 300), 128, dtype=torch.uint8)  # a uniform image: (128/255 - mean) / std everywhere
+    x = eval_transform(data)(grey)
+    expected = (128 / 255 - torch.tensor(data.mean)) / torch.tensor(data.std)
+    assert torch.allclose(x[:, 0, 0], expected, atol=1e-5) and x.shape == (3, 224, 224)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from torchvision import models as tv_models
+from torchvision.models.resnet import Bottleneck
 
 from mislas.errors import UsageError
 from mislas.models import ScaledClassifier, TauNormClassifier, build_model, effective_weight
@@ -64,3 +65,50 @@ def test_heads_effective_weights() -> None:
     tau = TauNormClassifier(linear, 1.0)
     assert torch.allclose(effective_weight(tau).norm(dim=1), torch.ones(3), atol=1e-6)
     assert torch.allclose(TauNormClassifier(linear, 0.0)(x), x @ linear.weight.T, atol=1e-6)
+
+
+def test_places_model_is_resnet152_deep_and_sized() -> None:
+    """The reference's Places backbone: layer4.2 replaced, not a fourth block added (152 layers, not 155)."""
+    net = build_model("resnet152_places", 365, load_pretrained=False)
+    reference = tv_models.resnet152(num_classes=365)
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in reference.parameters())
+    convs = [name for name, m in net.named_modules() if isinstance(m, torch.nn.Conv2d) and "downsample" not in name]
+    assert len(convs) + 1 == 152  # main-path convolutions + the classifier
+    trainable = {name for name, p in net.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in net.body.named_parameters(prefix="body")} | {"classifier.weight", "classifier.bias"}
+    assert trainable and all(n.startswith(("body.0.", "classifier.")) for n in trainable)
+    assert net.trunk is not None and len(net.trunk.layer4) == 2
+
+
+def _fake_resnet152_weights(path: Path, *, drop_layer4_2: bool = False) -> dict[str, torch.Tensor]:
+    """A "pretrained" ResNet-152 state dict with known values: float tensor i is filled with 2 + i / 1000."""
+    with torch.device("meta"):
+        shapes = {k: (v.shape, v.dtype) for k, v in tv_models.resnet152().state_dict().items()}
+    state = {k: torch.full(shape, 2 + i / 1000, dtype=dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
+             for i, (k, (shape, dtype)) in enumerate(shapes.items())}
+    if drop_layer4_2:
+        state = {k: v for k, v in state.items() if not k.startswith("layer4.2.")}
+    torch.save(state, path)
+    return state
+
+
+@pytest.mark.parametrize("drop_layer4_2", [False, True])
+def test_places_trunk_takes_pretrained_up_to_layer4_1(tmp_path: Path, drop_layer4_2: bool) -> None:
+    path = tmp_path / "r152.pth"
+    state = _fake_resnet152_weights(path, drop_layer4_2=drop_layer4_2)
+    torch.manual_seed(0)
+    net = build_model("resnet152_places", 9, pretrained=str(path))
+    assert net.trunk is not None
+    trunk = net.trunk.state_dict()
+    expected = {k: v for k, v in state.items() if not k.startswith(("fc.", "layer4.2."))}
+    assert trunk.keys() == expected.keys()
+    for k, v in expected.items():
+        assert torch.equal(trunk[k], v), k
+    block = net.body[0]
+    assert isinstance(block, Bottleneck)
+    for name, t in block.state_dict().items():  # every file value is >= 2; a fresh block has none
+        if t.is_floating_point():
+            assert t.abs().max() < 2, name
+    assert torch.equal(block.bn3.weight, torch.ones(2048)) and torch.equal(block.bn3.bias, torch.zeros(2048))
+    assert torch.equal(block.bn1.running_mean, torch.zeros(512)) and torch.equal(block.bn1.running_var, torch.ones(512))
+    assert block.conv1.weight.std() > 0  # PyTorch's default conv init, not a constant
