@@ -23,11 +23,12 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from study.groups import member_id, member_result
+from study.groups import member_result
+from study.records import Stage2Setting, TrialMember, TrialSpec
+from study.space import SearchSpace
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVES = {"acc": ("val_acc", "max"), "ece": ("val_ece", "min")}
 
 
 def make_sampler(seed: int) -> optuna.samplers.TPESampler:
@@ -83,7 +84,7 @@ class MislasOptunaSearch(OptunaSearch):
     def _close(self, trial_id: str, ot_trial: Any, state: TrialState) -> None:
         """Tell Optuna a valueless end (PRUNED or FAIL) and mark the Tune trial as handled."""
         try:
-            self._ot_study.tell(ot_trial, state=state)
+            self.study.tell(ot_trial, state=state)
         except Exception as exc:  # e.g. already finished (resume)
             logger.warning(exc)
         self._completed_trials.add(trial_id)
@@ -93,7 +94,10 @@ class MislasOptunaSearch(OptunaSearch):
 
     @property
     def study(self) -> optuna.Study:
-        return self._ot_study
+        # Ray keeps the Optuna study in a private member and has no public accessor.
+        study = self._ot_study
+        assert study is not None, "the searcher has no Optuna study yet"
+        return study
 
 
 def _nan(v: Any) -> bool:
@@ -103,49 +107,45 @@ def _nan(v: Any) -> bool:
 class StudySearcher(Searcher):
     """All trials of a study: a TPE search per data set and the fixed baselines.
 
-    Per data set the search issues ``n_trials`` trials; trial k of a data set runs with seed
-    ``seeds[k % len(seeds)]``. The Table 6 setting is enqueued once per seed
-    (``points_to_evaluate``), so the first trials of each data set are the paper's setting on
-    every seed. Baseline configs (``method`` != mislas) are issued as given. Streams are
-    interleaved by their progress (the least advanced first), so data sets and baselines run
-    side by side instead of one after the other.
-
-    With ``group_size`` G > 1 a MiSLAS suggestion is a group: the data set's Optuna study is
-    asked G times (fewer for the last group), each ask an Optuna trial of its own (user attrs
-    ``ray_trial_id = <tune trial id>-g<k>`` and ``group_id``), all with one seed (group j runs
-    ``seeds[j mod len(seeds)]``: members of a group must share it). The Table 6 setting is
-    member 0 of the first ``len(seeds)`` groups, enqueued just before that ask (so it lands on
-    every seed, not twice in one group); the searchers are then built without
-    ``points_to_evaluate``. When the group ends, each member's own values go to its Optuna trial.
+    Per data set the search issues ``n_trials`` MiSLAS settings in Tune trials of up to
+    ``group_size`` members (1 by default: one setting per trial). Each member is one ask of
+    the data set's Optuna study, an Optuna trial of its own (user attrs ``ray_trial_id`` = the
+    member's row id, ``group_id``, ``seed``, ``is_paper_setting``). Trial j of a data set runs
+    with seed ``seeds[j % len(seeds)]`` (members of a trial share it). The Table 6 setting is
+    member 0 of the first ``len(seeds)`` trials of each data set, enqueued just before that
+    ask, so it runs first on every seed. Baselines (``method`` != mislas) are issued as given.
+    Streams are interleaved by their progress (the least advanced first), so data sets and
+    the fixed trials run side by side. When a trial ends, each member's own values go to its Optuna
+    trial.
     """
 
-    # class defaults: a searcher pickled by a study from before --group-size restores without them
-    group_size = 1
-    group_members: Mapping[str, int] = {}
-
     def __init__(self, *, searchers: Mapping[str, MislasOptunaSearch], n_trials: Mapping[str, int],
-                 seeds: Sequence[int], table6: Mapping[str, Mapping[str, Any]], baselines: Sequence[dict[str, Any]],
+                 seeds: Sequence[int], table6: Mapping[str, Stage2Setting], spaces: Mapping[str, SearchSpace],
+                 fixed: Sequence[TrialSpec],
                  metric: str | list[str], mode: str | list[str], study_names: Mapping[str, str],
                  group_size: int = 1) -> None:
-        super().__init__(metric=metric, mode=mode)
+        super().__init__(metric=metric, mode=mode)  # type: ignore[arg-type]  # a list: multi-objective
         self.group_size = int(group_size)
-        self.groups_issued = {d: 0 for d in searchers}
-        self.group_members: dict[str, int] = {}  # Tune trial id of a group -> its member count
         self.searchers = dict(searchers)
         self.n_trials = dict(n_trials)
         self.seeds = tuple(seeds)
-        self.table6 = {d: dict(v) for d, v in table6.items()}
+        self.table6 = dict(table6)
+        # what to enqueue for Table 6: the names Optuna suggests (fixed ones are not parameters)
+        self.table6_params = {d: {n: v for n, v in t6.params().items() if n in spaces[d].searched_names(t6.params())}
+                              for d, t6 in self.table6.items()}
         self.study_names = dict(study_names)
-        self.baselines = [dict(b) for b in baselines]
-        self.issued = {d: 0 for d in self.searchers}
-        self.baselines_issued = 0
-        self.owner: dict[str, str | None] = {}
+        self.fixed = list(fixed)
+        self.issued = {d: 0 for d in self.searchers}  # settings asked per data set
+        self.trials_issued = {d: 0 for d in self.searchers}  # Tune trials per data set
+        self.fixed_issued = 0
+        self.owner: dict[str, str | None] = {}  # Tune trial id -> data set (None: a fixed trial)
+        self.members: dict[str, list[str]] = {}  # Tune trial id -> its members' Optuna ids
 
     @property
     def total(self) -> int:
-        """Tune trials: MiSLAS trials (or groups of them) per data set, plus the baselines."""
+        """Tune trials: MiSLAS trials (groups of up to G settings) per data set, plus the fixed trials."""
         g = self.group_size
-        return sum(-(-n // g) for n in self.n_trials.values()) + len(self.baselines)
+        return sum(-(-n // g) for n in self.n_trials.values()) + len(self.fixed)
 
     def _next_stream(self) -> str | None:
         best, best_progress = None, math.inf
@@ -154,85 +154,62 @@ class StudySearcher(Searcher):
                 progress = self.issued[d] / self.n_trials[d]
                 if progress < best_progress:
                     best, best_progress = d, progress
-        if self.baselines_issued < len(self.baselines):
-            progress = self.baselines_issued / len(self.baselines)
+        if self.fixed_issued < len(self.fixed):
+            progress = self.fixed_issued / len(self.fixed)
             if progress < best_progress:
-                best = "__baselines__"
+                best = "__fixed__"
         return best
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
         stream = self._next_stream()
         if stream is None:
-            return Searcher.FINISHED
-        if stream == "__baselines__":
-            config = dict(self.baselines[self.baselines_issued])
-            self.baselines_issued += 1
+            return Searcher.FINISHED  # type: ignore[return-value]  # Tune's own sentinel, a str
+        if stream == "__fixed__":
+            spec = self.fixed[self.fixed_issued]
+            self.fixed_issued += 1
             self.owner[trial_id] = None
-            return config
-        if self.group_size > 1:
-            return self._suggest_group(stream, trial_id)
-        searcher = self.searchers[stream]
-        params = searcher.suggest(trial_id)
-        if params is None or params == Searcher.FINISHED:
-            return params
-        k = self.issued[stream]
-        self.issued[stream] += 1
-        self.owner[trial_id] = stream
-        seed = self.seeds[k % len(self.seeds)]
-        t6 = self.table6[stream]
-        is_paper = k < len(self.seeds) and all(_same(params.get(n), t6.get(n)) for n in t6)
-        ot_trial = searcher.ot_trial(trial_id)
-        for name, value in (("ray_trial_id", trial_id), ("seed", seed), ("is_paper_setting", is_paper)):
-            ot_trial.set_user_attr(name, value)
-        return {"dataset": stream, "method": "mislas", "mixup": True, "seed": seed, "is_paper_setting": is_paper,
-                "optuna_study": self.study_names[stream], "optuna_trial_number": ot_trial.number,
-                **{n: params.get(n) for n in ("eps_1", "eps_k", "form", "p", "dw_ratio", "shift_bn", "las_target")}}
+            return {"spec": spec}
+        return {"spec": self._suggest_mislas(stream, trial_id)}
 
-    def _suggest_group(self, stream: str, trial_id: str) -> dict[str, Any]:
+    def _suggest_mislas(self, stream: str, trial_id: str) -> TrialSpec:
         searcher = self.searchers[stream]
-        j = self.groups_issued[stream]
+        j = self.trials_issued[stream]
         n = min(self.group_size, self.n_trials[stream] - self.issued[stream])
         seed = self.seeds[j % len(self.seeds)]
         t6 = self.table6[stream]
+        ids = [trial_id] if n == 1 else [f"{trial_id}-g{k}" for k in range(n)]
         members = []
-        for k in range(n):
-            mid = member_id(trial_id, k)
+        for k, mid in enumerate(ids):
             paper_slot = k == 0 and j < len(self.seeds)
-            if paper_slot and mid not in searcher._ot_trials:
-                searcher.study.enqueue_trial(dict(t6))
-            params = searcher.suggest(mid)
-            is_paper = paper_slot and all(_same(params.get(name), t6.get(name)) for name in t6)
+            if paper_slot and searcher.ot_trial(mid) is None:  # (not again when a resumed searcher re-asks)
+                searcher.study.enqueue_trial(dict(self.table6_params[stream]))
+            setting = Stage2Setting.from_params(searcher.suggest(mid) or {})
+            is_paper = paper_slot and setting.same(t6)
             ot_trial = searcher.ot_trial(mid)
             for name, value in (("ray_trial_id", mid), ("group_id", trial_id), ("seed", seed),
                                 ("is_paper_setting", is_paper)):
                 ot_trial.set_user_attr(name, value)
-            members.append({"is_paper_setting": is_paper, "optuna_trial_number": ot_trial.number,
-                            **{name: params.get(name) for name in
-                               ("eps_1", "eps_k", "form", "p", "dw_ratio", "shift_bn", "las_target")}})
+            members.append(TrialMember(setting, is_paper, ot_trial.number))
         self.issued[stream] += n
-        self.groups_issued[stream] += 1
+        self.trials_issued[stream] += 1
         self.owner[trial_id] = stream
-        self.group_members[trial_id] = n
-        return {"dataset": stream, "method": "mislas", "mixup": True, "seed": seed,
-                "is_paper_setting": any(m["is_paper_setting"] for m in members),
-                "optuna_study": self.study_names[stream], "group_id": trial_id, "group_size": n, "members": members}
+        self.members[trial_id] = ids
+        return TrialSpec(dataset=stream, method="mislas", mixup=True, seed=seed, members=tuple(members),
+                         optuna_study=self.study_names[stream])
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         stream = self.owner.get(trial_id)
-        if stream is not None and trial_id not in self.group_members:
-            # (groups run under FIFO: their members' intermediate values would feed no pruner)
-            self.searchers[stream].on_trial_result(trial_id, result)
+        ids = self.members.get(trial_id, [])
+        if stream is not None and len(ids) == 1:
+            # (a group's members' intermediate values would feed no pruner: groups run under FIFO)
+            self.searchers[stream].on_trial_result(ids[0], member_result(result, 0) or {})
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         stream = self.owner.get(trial_id)
         if stream is None:
             return
-        if trial_id in self.group_members:
-            for k in range(self.group_members[trial_id]):
-                self.searchers[stream].on_trial_complete(member_id(trial_id, k), result=member_result(result, k),
-                                                         error=error)
-            return
-        self.searchers[stream].on_trial_complete(trial_id, result=result, error=error)
+        for k, mid in enumerate(self.members.get(trial_id, [])):
+            self.searchers[stream].on_trial_complete(mid, result=member_result(result, k), error=error)
 
     def save(self, checkpoint_path: str) -> None:
         import pickle
@@ -245,12 +222,6 @@ class StudySearcher(Searcher):
 
         with open(checkpoint_path, "rb") as fh:
             self.__dict__.update(pickle.load(fh))
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        return a is not None and b is not None and abs(float(a) - float(b)) < 1e-12
-    return a == b
 
 
 class GroupedASHA(FIFOScheduler):
@@ -278,10 +249,10 @@ class GroupedASHA(FIFOScheduler):
         return True
 
     def _sub(self, trial: Any) -> AsyncHyperBandScheduler | None:
-        config = trial.config or {}
-        if config.get("method") != "mislas":
+        spec: TrialSpec | None = (trial.config or {}).get("spec")
+        if spec is None or spec.optuna_study is None:  # baselines and ablation rows are never stopped
             return None
-        return self.asha.get(config.get("dataset"))
+        return self.asha.get(spec.dataset)
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         sub = self._sub(trial)

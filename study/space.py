@@ -28,12 +28,12 @@ from typing import Any
 
 import yaml
 
-from mislas.config import RunConfig
 from mislas.errors import UsageError
 from mislas.las import FORMS, TARGETS
+from study.records import Stage2Setting
 
 SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-PARAM_KEYS = ("eps_1", "eps_k", "form", "p", "dw_ratio", "shift_bn", "las_target")
+PARAM_KEYS = Stage2Setting.names()
 ALLOWED_KEYS = ("dataset", "description", *PARAM_KEYS)
 DEFAULT_P = {"low": 0.25, "high": 4.0, "log": True}
 
@@ -106,7 +106,7 @@ class SearchSpace:
             high = min(self.eps_k.high, eps_1)
             trial.suggest_float("eps_k", min(self.eps_k.low, high), high)
         form = self._choice(trial, "form", self.form, fixed)
-        if form == "exp":
+        if Stage2Setting.uses_p(form):
             self._float(trial, "p", self.p, fixed)
         else:
             fixed["p"] = None
@@ -131,21 +131,13 @@ class SearchSpace:
 
     def searched_names(self, setting: Mapping[str, Any]) -> list[str]:
         """Names that Optuna suggests for ``setting`` (what ``points_to_evaluate`` may hold)."""
-        names = [n for n in ("eps_1", "eps_k", "form", "dw_ratio", "shift_bn", "las_target")
-                 if not getattr(self, n).fixed]
-        if setting.get("form") == "exp" and not self.p.fixed:
+        names = [n for n in PARAM_KEYS if n != "p" and not getattr(self, n).fixed]
+        if Stage2Setting.uses_p(setting.get("form", "")) and not self.p.fixed:
             names.append("p")
         return names
 
     def describe(self) -> dict[str, str]:
         return {name: getattr(self, name).describe() for name in PARAM_KEYS}
-
-
-def table6_setting(cfg: RunConfig) -> dict[str, Any]:
-    """The Stage-2 knobs of a paper preset (Table 6), in the space's vocabulary."""
-    s2 = cfg.stage2
-    return {"eps_1": s2.eps_1, "eps_k": s2.eps_k, "form": s2.form, "p": s2.p if s2.form == "exp" else None,
-            "dw_ratio": s2.dw_ratio, "shift_bn": s2.shift_bn, "las_target": s2.las_target}
 
 
 # --- loading and validation ---------------------------------------------------------------
@@ -154,7 +146,7 @@ def default_space_file(dataset: str) -> Path:
     return SPACE_DIR / f"{dataset}.yaml"
 
 
-def load_space(path: str | Path, *, dataset: str | None = None, table6: Mapping[str, Any] | None = None) -> SearchSpace:
+def load_space(path: str | Path, *, dataset: str | None = None, table6: Stage2Setting | None = None) -> SearchSpace:
     """Read and validate a space file; every problem raises a one-line :class:`UsageError`.
 
     ``dataset`` (if given) must match the file's ``dataset``; ``table6`` (if given) must lie
@@ -176,7 +168,7 @@ def load_space(path: str | Path, *, dataset: str | None = None, table6: Mapping[
 
 
 def parse_space(raw: Any, *, where: str, dataset: str | None = None,
-                table6: Mapping[str, Any] | None = None) -> SearchSpace:
+                table6: Stage2Setting | None = None) -> SearchSpace:
     if not isinstance(raw, Mapping):
         raise UsageError(f"{where}: must be a mapping of keys ({', '.join(ALLOWED_KEYS)}), got {type(raw).__name__}")
     for key in raw:
@@ -207,18 +199,18 @@ def parse_space(raw: Any, *, where: str, dataset: str | None = None,
     return space
 
 
-def check_contains(space: SearchSpace, setting: Mapping[str, Any]) -> None:
+def check_contains(space: SearchSpace, setting: Stage2Setting) -> None:
     """The Table 6 setting is evaluated first, so it must be a point of the space."""
-    for name in ("eps_1", "eps_k", "dw_ratio", "form", "shift_bn", "las_target"):
+    for name in Stage2Setting.names():
+        value = getattr(setting, name)
+        if name == "p" and value is None:
+            continue  # p belongs to the exp form only
         param = getattr(space, name)
-        if not param.contains(setting[name]):
+        if not param.contains(value):
             raise UsageError(
                 f"{space.source}: {name}: the space ({param.describe()}) must contain the Table 6 value "
-                f"{setting[name]!r} of {space.dataset}, which the study evaluates first"
+                f"{value!r} of {space.dataset}, which the study evaluates first"
             )
-    if setting.get("form") == "exp" and not space.p.contains(setting["p"]):
-        raise UsageError(f"{space.source}: p: the space ({space.p.describe()}) must contain the Table 6 value "
-                         f"{setting['p']!r}")
 
 
 def _number(value: Any, where: str, key: str) -> float:

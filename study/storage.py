@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from mislas.checkpoint import write_atomic
+from mislas.atomic import write_atomic
 from mislas.errors import UsageError
 
 
@@ -87,7 +87,7 @@ class Store:
         target = self.path(*parts)
         parent = posixpath.dirname(target)
         if self.local:
-            write_atomic(Path(target), lambda fh: fh.write(data))
+            write_atomic(target, data)
         else:
             self.fs.create_dir(parent, recursive=True)
             with self.fs.open_output_stream(target) as fh:  # one PUT on close
@@ -98,4 +98,4 @@ class Store:
 
     def download(self, local: Path, *parts: str) -> None:
         data = self.read_bytes(*parts)
-        write_atomic(Path(local), lambda fh: fh.write(data))
+        write_atomic(local, data)

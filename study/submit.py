@@ -24,25 +24,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from mislas.errors import EXIT_USAGE, UsageError
+from study.cli import UsageParser
+from study.runtime import EXCLUDES, REPO_ROOT, git_commit
 from study.storage import is_uri
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# gitignore-style patterns; anchored with "/" so that e.g. mislas/data/ is not excluded.
-EXCLUDES = ["/.venv/", "/.git/", "/results/", "/reports/", "/runs/", "/data/", "__pycache__/", "/.pytest_cache/",
-            "/.mypy_cache/", "/.ruff_cache/", "*.pt", "*.parquet"]
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m study.submit", description="Submit a study to a Ray cluster as a Ray job.",
+    p = UsageParser(prog="python -m study.submit", description="Submit a study to a Ray cluster as a Ray job.",
                 usage="python -m study.submit --address http://HEAD:8265 [options] -- <study.run args>")
     p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"),
                    help="the cluster's dashboard/Jobs address, e.g. http://HEAD:8265")
@@ -69,23 +60,21 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def check_study_args(study_args: list[str]) -> None:
     """Validate the study's command line here, before it reaches the cluster."""
-    from study import run
+    from study import cli
 
     if not study_args:
         raise UsageError("no study.run arguments after '--' (at least --dataset)")
-    args = run.build_parser().parse_args(study_args)  # exits 2 on argparse errors
+    args = cli.build_parser().parse_args(study_args)  # exits 2 on argparse errors
     if args.address:
         raise UsageError("--address belongs before '--' (the job itself joins the cluster it runs on)")
     storage = args.storage
     if not (is_uri(storage) or os.path.isabs(storage)):
         raise UsageError(f"--storage: a job runs in a temporary copy of the code, so give an absolute path on "
                          f"shared storage (NFS) or an s3:// URI, got {storage!r}")
-    run.validate(args, check_paths=False)
+    cli.validate(args, check_paths=False)
 
 
 def runtime_env(args: argparse.Namespace) -> dict[str, Any]:
-    from study.run import git_commit
-
     env_vars = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
     commit = git_commit()  # the shipped working_dir has no .git: hand the commit over
     if commit:
@@ -118,6 +107,8 @@ async def _follow(client: Any, job_id: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if "--" not in argv and ("-h" in argv or "--help" in argv):
+            build_parser().parse_args(argv)  # prints help and exits 0
         own, study_args = split_argv(argv)
         args = build_parser().parse_args(own)
         if not args.address:

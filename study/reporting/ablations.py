@@ -1,8 +1,9 @@
 """Hyperparameter ablations of MiSLAS per group, computed from complete trials on validation.
 
 Validation metrics only: test numbers appear in the method comparison, never in what guides a
-choice. Stopped-early trials carry partial values and failed ones none, so both are left out
-(the study history shows stopped-early trials, marked).
+choice. Only the searched settings (and the paper setting) count: component-ablation rows
+(``variant`` set) are left out everywhere here. Stopped-early trials carry partial values and
+failed ones none, so both are left out (the study history shows stopped-early trials, marked).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ HEATMAP_BINS = 6
 
 
 def mislas_trials(group: GroupKey, trials: pd.DataFrame) -> pd.DataFrame:
-    """The group's MiSLAS trials (every status)."""
-    return trials[group.mask(trials) & (trials["method"] == "mislas")]
+    """The group's searched MiSLAS trials (every status): the component-ablation variants are
+    fixed rows of their own table (study.reporting.components), never part of these analyses."""
+    return trials[group.mask(trials) & (trials["method"] == "mislas") & trials["variant"].isna()]
 
 
 # --- ε_1 × ε_K heatmaps -------------------------------------------------------------------------
@@ -164,7 +166,7 @@ def pareto_mask(acc: np.ndarray, ece: np.ndarray) -> np.ndarray:
     ece_le = ece[None, :] <= ece[:, None]
     strictly = (acc[None, :] > acc[:, None]) | (ece[None, :] < ece[:, None])
     dominated = (acc_ge & ece_le & strictly).any(axis=1)
-    return ~dominated
+    return np.asarray(~dominated, dtype=bool)
 
 
 @dataclass(frozen=True)

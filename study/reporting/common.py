@@ -7,20 +7,23 @@ the report is made per group (dataset, β, arch), because numbers across groups 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-COMPLETE = "complete"
-STOPPED = "stopped_early"
-FAILED = "failed"
-KNOWN_STATUSES = (COMPLETE, STOPPED, FAILED)
+from study import schema
+
+COMPLETE = schema.COMPLETE
+STOPPED = schema.STOPPED_EARLY
+FAILED = schema.FAILED
+KNOWN_STATUSES = schema.STATUSES
 
 GROUP_COLS = ("dataset", "imb_factor", "arch")
 # The Stage-2 knobs the study searches (trials.parquet columns); a MiSLAS "setting" is one
 # combination of these (plus the Stage-1 mixup flag).
-TUNED_PARAMS = ("eps_1", "eps_k", "form", "p", "dw_ratio", "shift_bn", "las_target")
+TUNED_PARAMS = tuple(schema.SETTING_COLUMNS)
 FORMS = ("concave", "linear", "convex", "exp")
 
 
@@ -41,6 +44,19 @@ TEST_METRICS = (
     Metric("All", "test_acc", True, 2),
     Metric("ECE", "test_ece", False, 2),
     Metric("NLL", "test_nll", False, 3),
+)
+# The same metric after post-hoc temperature scaling (one T per trial, fitted on val NLL): the
+# trials.parquet column of each test metric that has one (accuracy does not change with T).
+TS_COLUMN = {f"test_{m}": f"test_{m}_ts" for m in schema.TS_METRICS}
+# The calibration section's metrics per method row (test split): ECE variants in percent, Brier raw.
+CALIBRATION_METRICS = (
+    Metric("ECE", "test_ece", False, 2),
+    Metric("classwise ECE", "test_classwise_ece", False, 2),
+    Metric("adaptive ECE", "test_adaptive_ece", False, 2),
+    Metric("Brier", "test_brier", False, 3),
+    Metric("ECE Many", "test_ece_many", False, 2),
+    Metric("ECE Medium", "test_ece_medium", False, 2),
+    Metric("ECE Few", "test_ece_few", False, 2),
 )
 
 
@@ -96,6 +112,53 @@ def groups_of(trials: pd.DataFrame) -> tuple[GroupKey, ...]:
 def complete_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """Only finished full-budget trials: stopped-early and failed ones carry partial or no values."""
     return trials[trials["status"] == COMPLETE]
+
+
+def searched(trials: pd.DataFrame) -> pd.DataFrame:
+    """Every row but the fixed component-ablation variants (``variant`` set): searched MiSLAS
+    settings, the paper setting and the baselines. Variants never enter the method comparison
+    or the analyses of the searched settings."""
+    return trials[trials["variant"].isna()]
+
+
+def seed_stats(rows: pd.DataFrame, metrics: Sequence[Metric],
+               column_of: Mapping[str, str] | None = None) -> dict[str, object]:
+    """``n_seeds`` and, per metric, ``<label>_mean`` / ``<label>_std`` over seeds: each seed's
+    rows averaged first (a seed run twice does not count twice), std with ddof=1 (NaN for one
+    seed). ``column_of`` reads a metric from another column (e.g. its temperature-scaled one)."""
+    column_of = column_of or {}
+    columns = list(dict.fromkeys(column_of.get(m.column, m.column) for m in metrics))
+    per_seed = rows.groupby("seed", dropna=False)[columns].mean()
+    out: dict[str, object] = {"n_seeds": int(len(per_seed))}
+    for metric in metrics:
+        values = per_seed[column_of.get(metric.column, metric.column)]
+        out[f"{metric.label}_mean"] = float(values.mean()) if len(values) else math.nan
+        out[f"{metric.label}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+    return out
+
+
+def best_labels(stats: pd.DataFrame, metrics: Sequence[Metric],
+                candidates: Mapping[str, Iterable[str]] | None = None) -> dict[str, tuple[str, ...]]:
+    """Per metric, the rows (index labels) holding the best mean: highest accuracy, lowest ECE/NLL.
+    ``candidates`` limits a metric to some rows (default: every row)."""
+    best: dict[str, tuple[str, ...]] = {}
+    for metric in metrics:
+        values = stats[f"{metric.label}_mean"].dropna() if f"{metric.label}_mean" in stats else pd.Series()
+        if candidates is not None and metric.label in candidates:
+            values = values[values.index.isin(list(candidates[metric.label]))]
+        if values.empty:
+            best[metric.label] = ()
+            continue
+        target = values.max() if metric.higher_is_better else values.min()
+        best[metric.label] = tuple(values.index[values == target])
+    return best
+
+
+def tick(value: object) -> str:
+    """A component flag as a table cell: ✓ on, ✗ off, — unknown."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return "✓" if bool(value) else "✗"
 
 
 def fmt_num(value: float | None, decimals: int) -> str:

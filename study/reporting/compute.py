@@ -9,9 +9,19 @@ import pandas as pd
 
 from study.reporting import ablations
 from study.reporting.ablations import Effect, FormStudy, Heatmap, Pareto
-from study.reporting.calibration import NormPanels, Reliability, norm_panels, reliability_curves
+from study.reporting.calibration import (
+    CalibrationMetrics,
+    ConfidenceBoxes,
+    NormPanels,
+    Reliability,
+    calibration_metrics,
+    confidence_boxes,
+    norm_panels,
+    reliability_curves,
+)
 from study.reporting.common import GroupKey, complete_trials, groups_of
 from study.reporting.comparison import ComparisonTable, comparison_table
+from study.reporting.components import ComponentTable, component_table
 from study.reporting.importance import Importances, importances, studies_for
 from study.reporting.load import StudyData
 from study.reporting.status import StatusSummary, status_summary
@@ -26,6 +36,7 @@ class GroupTables:
 
     group: GroupKey
     comparison: ComparisonTable
+    components: ComponentTable | None  # None: the group has no component-ablation rows
     heatmaps: tuple[Heatmap, ...]
     forms: FormStudy | None
     effects: tuple[Effect, ...]
@@ -34,6 +45,8 @@ class GroupTables:
     history: pd.DataFrame
     reliability: tuple[Reliability, ...]
     norms: NormPanels
+    calibration: CalibrationMetrics
+    confidence: tuple[ConfidenceBoxes, ...]
     n_mislas_complete: int
 
 
@@ -62,20 +75,23 @@ def _group_tables(group: GroupKey, data: StudyData) -> GroupTables:
     return GroupTables(
         group=group,
         comparison=comparison,
+        components=component_table(group, trials),
         heatmaps=ablations.heatmaps(done),
         forms=ablations.form_study(done, counts),
         effects=tuple(e for e in effects if e is not None),
         importances=importances(done, data.optuna, studies_for(mislas, data.optuna, data.name, group.dataset)),
         pareto=ablations.pareto(mislas),
         history=ablations.history(mislas),
-        reliability=reliability_curves(comparison.trial_ids, data.reliability),
-        norms=norm_panels(comparison.trial_ids, data.classes),
+        reliability=reliability_curves(comparison, data.reliability),
+        norms=norm_panels(comparison, data.classes),
+        calibration=calibration_metrics(comparison, trials),
+        confidence=confidence_boxes(comparison, data.confidence),
         n_mislas_complete=len(done),
     )
 
 
 def _provenance(trials: pd.DataFrame) -> pd.DataFrame:
-    rows = []
+    rows: list[dict[str, object]] = []
     for column in PROVENANCE_COLUMNS:
         counts = trials[column].fillna("(null)").astype(str).value_counts()
         rows.extend({"field": column, "value": value, "trials": int(n)} for value, n in counts.items())

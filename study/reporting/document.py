@@ -9,11 +9,21 @@ from datetime import datetime
 import pandas as pd
 
 from study.reporting import plots
-from study.reporting.common import TEST_METRICS, describe_setting, fmt_mean_std, fmt_num
+from study.reporting.common import CALIBRATION_METRICS, TEST_METRICS, describe_setting, fmt_mean_std, fmt_num, tick
 from study.reporting.comparison import ComparisonTable
+from study.reporting.components import ComponentTable
 from study.reporting.compute import GroupTables, ReportTables
-from study.reporting.display import (Block, DisplayTable, Document, FigureArt, FigureBlock, Heading, Para,
-                                     TableBlock, table_from_frame)
+from study.reporting.display import (
+    Block,
+    DisplayTable,
+    Document,
+    FigureArt,
+    FigureBlock,
+    Heading,
+    Para,
+    TableBlock,
+    table_from_frame,
+)
 from study.reporting.published import SOURCES
 
 MAX_LISTED = 200  # longer lists of unfinished trials are cut, with a count of the rest
@@ -37,6 +47,8 @@ def comparison_display(table: ComparisonTable) -> DisplayTable:
     stats = table.stats
     has_published = bool(stats["published_source"].astype(bool).any())
     columns = [("", "Method"), ("", "seeds")] + [(OURS, m.label) for m in TEST_METRICS]
+    if table.has_ts:
+        columns.append((OURS, "T"))
     pub_metrics = [m for m in TEST_METRICS if m.label != "NLL"]
     if has_published:
         columns += [(PUBLISHED, m.label) for m in pub_metrics] + [(PUBLISHED, "source")]
@@ -48,6 +60,9 @@ def comparison_display(table: ComparisonTable) -> DisplayTable:
         for m in TEST_METRICS:
             cells.append(fmt_mean_std(row[f"{m.label}_mean"], row[f"{m.label}_std"], n, m.decimals))
             marks.append(label in table.best.get(m.label, ()))
+        if table.has_ts:
+            cells.append(fmt_mean_std(row["T_mean"], row["T_std"], n, 2))
+            marks.append(False)
         if has_published:
             cells += [fmt_num(row[f"published_{m.label}"], 1 if m.label != "ECE" else 2) for m in pub_metrics]
             cells.append(row["published_source"] or "—")
@@ -58,7 +73,16 @@ def comparison_display(table: ComparisonTable) -> DisplayTable:
                "(> 100, 20–100, < 20 training images) and All, ECE (%, 15 bins), NLL (nats); mean ± std over "
                "seeds (complete trials). Bold: best of ours per column (highest accuracy, lowest ECE/NLL). "
                "— : no value (empty split or not run).")
+    if table.has_ts:
+        caption += (" +TS rows: the same trials after post-hoc temperature scaling (Guo et al. 2017; one T per "
+                    "trial, fitted on the validation NLL): accuracy is unchanged, ECE and NLL are those of "
+                    "softmax(z / T), T is the fitted temperature (mean ± std over seeds). Bold accuracy compares "
+                    "the uncalibrated rows, bold ECE/NLL every row.")
     notes = []
+    if any(spec.bn_eval for spec in table.specs.values()):
+        notes.append("(BN eval): cRT / LWS with the frozen backbone's BatchNorm in eval mode (shift_bn false); the "
+                     "rows without it ran BN in train mode, statistics re-estimated on the class-balanced batches "
+                     "(Kang et al.'s code, the study's default).")
     if table.best_setting is not None:
         b = table.best_setting
         same = " (the paper setting)" if _is_paper(table) else ""
@@ -81,6 +105,53 @@ def comparison_section(groups: tuple[GroupTables, ...]) -> list[Block]:
             blocks.append(Para("No complete trials and no published figures for this group.", note=True))
             continue
         blocks.append(TableBlock(comparison_display(g.comparison)))
+    return blocks
+
+
+# --- component ablation ------------------------------------------------------------------------
+
+LAS_CELLS = {"las": "✓", "ce": "✗", "uniform_ls": "uniform"}
+TEST = "test"
+
+
+def components_display(table: ComponentTable) -> DisplayTable:
+    """One row per variant: which components are on, and its test numbers (mean ± std over seeds)."""
+    columns = [("", "Variant"), ("", "Stage-1 mixup"), ("", "shift BN"), ("", "LAS"), ("", "seeds")]
+    columns += [(TEST, m.label) for m in TEST_METRICS]
+    rows, bold = [], []
+    for v in table.variants:
+        row = table.stats.loc[v.name]
+        n = int(row["n_seeds"])
+        cells = [v.name, tick(v.mixup), tick(v.shift_bn), LAS_CELLS.get(v.las or "", "—"), str(n) if n else "—"]
+        marks = [False] * len(cells)
+        for m in TEST_METRICS:
+            cells.append(fmt_mean_std(row[f"{m.label}_mean"], row[f"{m.label}_std"], n, m.decimals))
+            marks.append(v.name in table.best.get(m.label, ()))
+        rows.append(tuple(cells))
+        bold.append(tuple(marks))
+    caption = (f"Component ablation, {table.group.label}: the paper's (Table 6) setting with Stage-1 mixup, shift "
+               "learning on BatchNorm and label-aware smoothing each switched on (✓) or off (✗); LAS ✗ is plain "
+               "cross-entropy (ε_1 = ε_K = 0), LAS uniform is uniform label smoothing (ε_K = ε_1). Test top-1 (%) "
+               "Many / Medium / Few / All, ECE (%, 15 bins), NLL (nats); mean ± std over seeds (complete trials). "
+               "Bold: best per column (highest accuracy, lowest ECE/NLL).")
+    n = table.n_incomplete
+    note = f"{n} ablation trial{'s' if n != 1 else ''} stopped early or failed left out." if n else ""
+    return DisplayTable(f"components-{table.group.slug}", caption, tuple(columns), tuple(rows), tuple(bold),
+                        note, to_tex=True)
+
+
+def component_section(groups: tuple[GroupTables, ...]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "2. Component ablation (test split)", "components")]
+    if not any(g.components is not None for g in groups):
+        return blocks + [Para("No component-ablation rows (trials.parquet `variant`) in this study: run it with "
+                              "--ablation components to measure what Stage-1 mixup, shift learning on BN and LAS "
+                              "each add.", note=True)]
+    for g in groups:
+        blocks.append(Heading(3, g.group.label, f"components-{g.group.slug}"))
+        if g.components is None:
+            blocks.append(Para("No component-ablation rows for this group.", note=True))
+            continue
+        blocks.append(TableBlock(components_display(g.components)))
     return blocks
 
 
@@ -164,7 +235,7 @@ def _ablation_blocks(g: GroupTables) -> list[Block]:
 
 
 def ablation_section(groups: tuple[GroupTables, ...]) -> list[Block]:
-    blocks: list[Block] = [Heading(2, "2. Hyperparameter ablations (validation split)", "ablations")]
+    blocks: list[Block] = [Heading(2, "3. Hyperparameter ablations (validation split)", "ablations")]
     for g in groups:
         blocks += _ablation_blocks(g)
     return blocks
@@ -172,11 +243,44 @@ def ablation_section(groups: tuple[GroupTables, ...]) -> list[Block]:
 
 # --- calibration -------------------------------------------------------------------------------
 
+def calibration_display(g: GroupTables) -> DisplayTable:
+    """The calibration metrics of every comparison row (mean over seeds), lowest per column bold."""
+    cal = g.calibration
+    columns = [("", "Method"), ("", "seeds")] + [(TEST, m.label) for m in CALIBRATION_METRICS]
+    rows, bold = [], []
+    for label, row in cal.stats.iterrows():
+        n = int(row["n_seeds"])
+        rows.append((str(label), str(n) if n else "—",
+                     *(fmt_num(row[f"{m.label}_mean"], m.decimals) for m in CALIBRATION_METRICS)))
+        bold.append((False, False, *(label in cal.best.get(m.label, ()) for m in CALIBRATION_METRICS)))
+    caption = (f"Calibration metrics, {g.group.label}, test split, mean over seeds (the method comparison's rows "
+               "and trials): ECE (15 equal-width bins), classwise ECE (mean over classes), adaptive (equal-mass) "
+               "ECE, all in %; Brier score (Σ_k (p_k − 1[y=k])², mean over samples, in [0, 2]); ECE over the "
+               "samples whose true class is Many / Medium / Few. +TS rows: after temperature scaling (the ECE per "
+               "class split is not recorded after scaling: —). Bold: lowest per column.")
+    return DisplayTable(f"calibration-metrics-{g.group.slug}", caption, tuple(columns), tuple(rows), tuple(bold),
+                        to_tex=True)
+
+
+CONFIDENCE_CAPTION = (
+    "Top-label confidence (max softmax probability), test split, over the samples whose true class is a Many / "
+    "Medium / Few class (in place of the paper's violin plot of the predicted probability): box = 25th–75th "
+    "percentile, line = median, white dot = mean, whiskers = the 5th and 95th percentiles (not 1.5 IQR; no "
+    "outliers drawn); red × = the row's top-1 accuracy on that split (a box above it: over-confident). Rows: the "
+    "baselines present and MiSLAS at the paper setting; each statistic is the count-weighted mean over the row's "
+    "trials (n; exact for the mean, an average of the seeds' quantiles for the rest).")
+
+
 def calibration_section(groups: tuple[GroupTables, ...]) -> list[Block]:
-    blocks: list[Block] = [Heading(2, "3. Calibration (test split)", "calibration")]
+    blocks: list[Block] = [Heading(2, "4. Calibration (test split)", "calibration")]
     for g in groups:
         slug = g.group.slug
         blocks.append(Heading(3, g.group.label, f"calibration-{slug}"))
+        if not g.calibration.empty:
+            blocks.append(TableBlock(calibration_display(g)))
+        else:
+            blocks.append(Para("No classwise / adaptive ECE, Brier score or per-split ECE in trials.parquet for this "
+                               "group (a study older than these columns).", note=True))
         if g.reliability:
             blocks.append(_fig(f"{slug}-reliability", plots.reliability_png(g.reliability),
                                "Reliability diagrams, 15 bins, test split (seed Figs. 9–12): accuracy per confidence "
@@ -184,6 +288,11 @@ def calibration_section(groups: tuple[GroupTables, ...]) -> list[Block]:
                                "ECE from the pooled bins."))
         else:
             blocks.append(Para("No reliability bins (reliability.parquet) for this group's rows.", note=True))
+        if g.confidence:
+            blocks.append(_fig(f"{slug}-confidence", plots.confidence_png(g.confidence), CONFIDENCE_CAPTION))
+        else:
+            blocks.append(Para("No confidence distribution (confidence.parquet) for this group's baselines or the "
+                               "MiSLAS paper setting.", note=True))
         if g.norms:
             blocks.append(_fig(f"{slug}-weight-norms", plots.norms_png(g.norms),
                                "Classifier weight norms ‖w_j‖ against class rank by training count (seed Figs. "
@@ -233,7 +342,7 @@ def status_section(t: ReportTables) -> list[Block]:
 
 
 def provenance_section(t: ReportTables) -> list[Block]:
-    blocks: list[Block] = [Heading(2, "4. Provenance", "provenance")]
+    blocks: list[Block] = [Heading(2, "5. Provenance", "provenance")]
     if not t.timeline.empty:
         blocks.append(_fig("study-timeline", plots.timeline_png(t.timeline),
                            "Study timeline: each trial from start to finish, coloured by status."))
@@ -274,7 +383,8 @@ def _summary(t: ReportTables) -> tuple[str, ...]:
              f"running (Optuna): {t.status.n_running}", f"Groups: {'; '.join(g.group.label for g in t.groups) or '—'}",
              f"Trial wall time, summed: {hours:.2f} h"]
     labels = {"objectives": "objectives", "budget": "budget", "trials": "MiSLAS trials per data set",
-              "seeds": "seeds", "methods": "methods", "scheduler": "scheduler", "created_at": "created"}
+              "seeds": "seeds", "methods": "methods", "baseline_bn": "cRT/LWS BN train mode",
+              "ablation": "ablation", "scheduler": "scheduler", "created_at": "created"}
     for key, label in labels.items():
         value = _setting(t.settings, key)
         if value is not None:
@@ -287,6 +397,7 @@ def build_document(t: ReportTables) -> Document:
     blocks: list[Block] = [Para(n, note=True) for n in t.notes]
     blocks += status_section(t)
     blocks += comparison_section(t.groups)
+    blocks += component_section(t.groups)
     blocks += ablation_section(t.groups)
     blocks += calibration_section(t.groups)
     blocks += provenance_section(t)

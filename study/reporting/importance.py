@@ -10,6 +10,7 @@ PED-ANOVA (Optuna's default; fANOVA would need scikit-learn, which the report do
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import optuna
@@ -59,8 +60,9 @@ def _merge(a: BaseDistribution, b: BaseDistribution) -> BaseDistribution:
 def _widen(dist: BaseDistribution, values: pd.Series) -> BaseDistribution:
     """Cover the values actually run (an enqueued paper setting may lie outside the sampled range)."""
     if isinstance(dist, CategoricalDistribution):
-        extra = [_native(v) for v in values.unique()]
+        extra: list[Any] = [_native(v) for v in values.unique()]
         return CategoricalDistribution(list(dict.fromkeys([*dist.choices, *extra])))
+    assert isinstance(dist, (FloatDistribution, IntDistribution)), type(dist).__name__
     low, high = min(dist.low, float(values.min())), max(dist.high, float(values.max()))
     if isinstance(dist, IntDistribution):
         return IntDistribution(int(low), int(high), log=dist.log and low >= 1)
@@ -129,9 +131,11 @@ def importances(done: pd.DataFrame, info: OptunaInfo, studies: list[optuna.Study
         for column, higher in OBJECTIVES:
             index = 0 if column == "val_acc" else 1
             sign = -1.0 if higher else 1.0
+            def target(t: Any, i: int = index, s: float = sign) -> float:
+                return s * float(t.values[i])
+
             columns[column] = get_param_importances(
-                study, evaluator=PedAnovaImportanceEvaluator(target_quantile=quantile),
-                target=lambda t, i=index, s=sign: s * t.values[i])
+                study, evaluator=PedAnovaImportanceEvaluator(target_quantile=quantile), target=target)
     table = pd.DataFrame(columns).fillna(0.0).sort_values("val_acc", ascending=False)
     table.index.name = "parameter"
     note = f"{len(done)} complete trials, top quantile {quantile:.2f}"

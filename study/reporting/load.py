@@ -20,24 +20,17 @@ import pandas as pd
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from study import schema
+
 TRIALS_FILE = "trials.parquet"
 
-# Columns each table must have for the report (README.md (Results schema)); absent ones are added
-# as nulls so that a study written by an older schema still renders.
-TRIAL_COLUMNS = (
-    "trial_id", "study", "dataset", "imb_factor", "arch", "method", "mixup", "seed",
-    "is_paper_setting", "eps_1", "eps_k", "form", "p", "dw_ratio", "shift_bn", "las_target",
-    "tau", "epochs_planned", "epochs_run", "status",
-    "val_acc", "val_acc_many", "val_acc_medium", "val_acc_few", "val_ece", "val_mce", "val_nll",
-    "test_acc", "test_acc_many", "test_acc_medium", "test_acc_few", "test_ece", "test_mce", "test_nll",
-    "stage1_key", "stage1_val_acc", "stage1_test_acc", "stage1_test_ece", "wall_s",
-    "started_at", "finished_at", "error",
-    "mislas_version", "torch_version", "ray_version", "optuna_version", "python_version",
-    "git_commit", "device_name", "hostname",
-)
-EPOCH_COLUMNS = ("trial_id", "epoch", "lr", "classifier_lr", "train_loss", "val_acc", "val_ece", "val_nll", "wall_s")
-CLASS_COLUMNS = ("trial_id", "class_index", "count", "rank", "split", "test_acc", "val_acc", "weight_norm", "epsilon")
-RELIABILITY_COLUMNS = ("trial_id", "eval_split", "bin", "lower", "upper", "count", "accuracy", "confidence")
+# Every column of each table (study.schema); absent ones are added as nulls so that a study
+# written by an older schema still renders.
+TRIAL_COLUMNS = schema.columns("trials")
+EPOCH_COLUMNS = schema.columns("epochs")
+CLASS_COLUMNS = schema.columns("classes")
+RELIABILITY_COLUMNS = schema.columns("reliability")
+CONFIDENCE_COLUMNS = schema.columns("confidence")
 
 
 @contextmanager
@@ -79,6 +72,7 @@ class StudyData:
     epochs: pd.DataFrame
     classes: pd.DataFrame
     reliability: pd.DataFrame
+    confidence: pd.DataFrame
     optuna: OptunaInfo
     notes: tuple[str, ...]
 
@@ -102,12 +96,13 @@ def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
     out = trials.copy()
     for name in ("mixup", "is_paper_setting"):
         out[name] = out[name].astype("boolean").fillna(False).astype(bool)
-    floats = [c for c in TRIAL_COLUMNS if c.startswith(("val_", "test_", "stage1_")) and c != "stage1_key"]
-    for name in ("imb_factor", "eps_1", "eps_k", "p", "dw_ratio", "tau", "wall_s", *floats):
+    floats = [f.name for f in schema.TRIALS_SCHEMA if f.type == schema.pa.float64()]
+    for name in floats:
         out[name] = pd.to_numeric(out[name], errors="coerce").astype(float)
     for name in ("started_at", "finished_at"):
         out[name] = pd.to_datetime(out[name], utc=True, errors="coerce")
     out["status"] = out["status"].astype(object).where(out["status"].notna(), "unknown").astype(str)
+    out["variant"] = out["variant"].astype(object).where(out["variant"].notna(), None)  # null: not an ablation row
     return out
 
 
@@ -198,6 +193,7 @@ def load_study(root: Path) -> StudyData:
         epochs=_read_table(root / "epochs.parquet", EPOCH_COLUMNS, notes),
         classes=_read_table(root / "classes.parquet", CLASS_COLUMNS, notes),
         reliability=_read_table(root / "reliability.parquet", RELIABILITY_COLUMNS, notes),
+        confidence=_read_table(root / "confidence.parquet", CONFIDENCE_COLUMNS, notes),
         optuna=info,
         notes=tuple(notes),
     )

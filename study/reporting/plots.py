@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from study.reporting.ablations import Effect, FormStudy, Heatmap, Pareto
-from study.reporting.calibration import NormPanels, Reliability
+from study.reporting.calibration import CLASS_SPLITS, ConfidenceBoxes, NormPanels, Reliability
 from study.reporting.common import COMPLETE, FAILED, STOPPED
 from study.reporting.importance import Importances
 
@@ -24,6 +25,8 @@ PALETTE = {
     "CE": "#7f7f7f", "CE+mixup": "#bcbd22", "cRT": "#1f77b4", "cRT+mixup": "#ff7f0e",
     "LWS": "#2ca02c", "LWS+mixup": "#d62728", "τ-norm": "#9467bd", "τ-norm+mixup": "#8c564b",
     "MiSLAS (paper setting)": "#17becf", "MiSLAS (best tuned)": "#e377c2",
+    "cRT (BN eval)": "#aec7e8", "cRT+mixup (BN eval)": "#ffbb78", "LWS (BN eval)": "#98df8a",
+    "LWS+mixup (BN eval)": "#ff9896",
 }
 STATUS_COLORS = {COMPLETE: "#1f77b4", STOPPED: "#ff7f0e", FAILED: "#d62728"}
 METRIC_NAMES = {"val_acc": "val accuracy (%)", "val_ece": "val ECE (%)"}
@@ -205,4 +208,50 @@ def norms_png(panels: NormPanels) -> bytes:
         ax.set_xlabel("class rank by training count (0 = most images)")
         ax.set_ylabel("weight norm ‖w_j‖")
         ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def confidence_png(boxes: tuple[ConfidenceBoxes, ...]) -> bytes:
+    """The paper's violin plot of the predicted probability per class split, as box plots drawn
+    from stored quantiles (``Axes.bxp``): one panel per split (Many / Medium / Few, by the
+    sample's true class), one box per row; whiskers at the 5th / 95th percentiles, white dot the
+    mean, red × the row's accuracy on that split (confidence above it: over-confident)."""
+    splits = [s for s in CLASS_SPLITS if any(s in b.stats.index for b in boxes)]
+    panel = 0.55 * len(boxes) + 1.4
+    if len(boxes) <= 6:  # panels side by side
+        fig = _figure(max(9.0, len(splits) * panel), 4.8)
+        axes = fig.subplots(1, len(splits), squeeze=False, sharey=True)[0]
+    else:  # many rows: panels one above the other
+        fig = _figure(max(9.0, panel), 4.4 * len(splits))
+        axes = fig.subplots(len(splits), 1, squeeze=False)[:, 0]
+    for ax, split in zip(axes, splits):
+        present = [b for b in boxes if split in b.stats.index]
+        stats = []
+        for b in present:
+            (entry,) = [d for d in b.bxp_stats() if d["label"] == split]
+            stats.append({**entry, "label": f"{b.label} (n={b.n_trials})"})
+        positions = list(range(len(present)))
+        drawn = ax.bxp(stats, positions=positions, patch_artist=True, showmeans=True, showfliers=False,
+                       medianprops={"color": "black", "linewidth": 1.5},
+                       meanprops={"marker": "o", "markerfacecolor": "white", "markeredgecolor": "black",
+                                  "markersize": 5})
+        for patch, b in zip(drawn["boxes"], present):
+            patch.set_facecolor(PALETTE.get(b.label, "#cccccc"))
+            patch.set_alpha(0.8)
+        accuracy = [b.accuracy.get(split, math.nan) / 100.0 for b in present]
+        ax.scatter(positions, accuracy, marker="x", s=50, color="#c44e52", zorder=4)
+        ax.set_title(f"{split.capitalize()} classes (samples by true class)", fontsize=9)
+        ax.set_ylim(0.0, 1.02)
+        ax.grid(axis="y", alpha=0.3)
+        for text in ax.get_xticklabels():
+            text.set_rotation(40)
+            text.set_horizontalalignment("right")
+            text.set_fontsize(7)
+    for ax in axes if len(boxes) > 6 else axes[:1]:
+        ax.set_ylabel("top-label confidence (max softmax), test")
+    handles = [Line2D([], [], color="black", linewidth=1.5, label="median (box: 25th–75th pct.)"),
+               Line2D([], [], color="black", linewidth=1.0, label="whiskers: 5th / 95th pct."),
+               Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="black", label="mean"),
+               Line2D([], [], marker="x", linestyle="", color="#c44e52", label="accuracy of the split")]
+    fig.legend(handles=handles, fontsize=7, loc="outside upper center", ncols=len(handles))
     return _png(fig)

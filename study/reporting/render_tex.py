@@ -11,7 +11,8 @@ _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": 
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _UNICODE = {"±": r"$\pm$", "τ": r"$\tau$", "ε": r"$\varepsilon$", "β": r"$\beta$", "Δ": r"$\Delta$",
             "—": "--", "–": "--", "‖": r"$\|$", "≤": r"$\leq$", "≥": r"$\geq$", "×": r"$\times$", "·": r"$\cdot$",
-            "<": r"$<$", ">": r"$>$"}
+            "<": r"$<$", ">": r"$>$", "✓": r"$\checkmark$", "✗": r"$\times$", "Σ": r"$\Sigma$", "²": r"$^2$",
+            "−": r"$-$"}
 
 
 WIDE = 8  # tables with more columns are scaled to the line width (needs graphicx)
@@ -46,6 +47,7 @@ def table_tex(t: DisplayTable) -> str:
 
 def render_tex(doc: Document) -> str:
     """All exportable tables, each in its own table float."""
-    header = ("% Tables of the MiSLAS study report; needs \\usepackage{booktabs} and \\usepackage{graphicx}.\n"
+    header = ("% Tables of the MiSLAS study report; needs \\usepackage{booktabs}, \\usepackage{graphicx} and "
+              "\\usepackage{amssymb}.\n"
               f"% {tex_escape(doc.title)}\n\n")
     return header + "\n".join(table_tex(t) for t in doc.tables if t.to_tex)

@@ -13,7 +13,7 @@ import pandas as pd
 from study.reporting.common import COMPLETE, FAILED, KNOWN_STATUSES, STOPPED, groups_of
 from study.reporting.load import OptunaInfo
 
-LIST_COLUMNS = ("trial_id", "dataset", "imb_factor", "arch", "method", "mixup", "seed")
+LIST_COLUMNS = ("trial_id", "dataset", "imb_factor", "arch", "method", "mixup", "seed", "variant")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from study import run, submit
+from study import cli, run, submit
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = ["--dataset", "fashion_mnist_lt", "--budget", "smoke"]
@@ -83,7 +83,7 @@ def test_resume_of_a_missing_study(capsys: pytest.CaptureFixture[str], tmp_path:
 
 def test_same_name_other_settings_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     (tmp_path / "s").mkdir()
-    s = run.validate(run.build_parser().parse_args([*BASE, "--storage", str(tmp_path), "--name", "s"]))
+    s = cli.validate(cli.build_parser().parse_args([*BASE, "--storage", str(tmp_path), "--name", "s"]))
     (tmp_path / "s" / "study.json").write_text(
         __import__("json").dumps({"identity": {**s.identity(), "trials": 99}}))
     code, err = run_main(capsys, [*BASE, "--storage", str(tmp_path), "--name", "s"])

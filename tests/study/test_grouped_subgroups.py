@@ -7,7 +7,7 @@ import torch
 
 from mislas.data import LTData
 from mislas.stages import train_stage1, train_stage2
-from study.trainable import _train_subgroups
+from study.trainable import train_subgroups
 from tests.mislas.test_stage2_group_parity import _cfg  # the same tiny Stage-1/Stage-2 budget
 
 CPU = torch.device("cpu")
@@ -18,8 +18,8 @@ def test_mixed_shift_bn_members_run_as_subgroups(tiny: LTData) -> None:
     model = train_stage1(tiny, _cfg(), device=CPU, progress=False).model
     cfgs = [_cfg(shift_bn=True, eps_1=0.3), _cfg(shift_bn=False, eps_1=0.2), _cfg(shift_bn=True, eps_1=0.1)]
     seen: list[tuple[int, int]] = []
-    results = _train_subgroups(tiny, model, cfgs, device=CPU, on_epoch=lambda i, r: seen.append((i, r.epoch)),
-                               progress=False)
+    results = train_subgroups(tiny, model, cfgs, device=CPU, checkpoint_dir=None,
+                              on_epoch=lambda i, r: seen.append((i, r.epoch)), progress=False)
     assert sorted(seen) == [(i, e) for i in range(3) for e in (1, 2)]
     for cfg, grouped in zip(cfgs, results):
         alone = train_stage2(tiny, model, cfg, device=CPU, progress=False)

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from study import run
+from study import cli, run
 from study.results import TRIALS_SCHEMA
 from tests.study.test_e2e import FMNIST, REQUIRED, SMOKE, complete_parts, finish, load_optuna, start
 
@@ -50,7 +50,7 @@ def test_grouped_study(tmp_path: Path) -> None:
     paper = trials[trials["is_paper_setting"]]
     assert len(paper) == 1 and paper["trial_id"].iloc[0].endswith("-g0")
     assert tuple(paper[["eps_1", "eps_k", "form", "dw_ratio", "shift_bn", "las_target"]].iloc[0]) == (
-        0.3, 0.0, "concave", 0.5, True, "paper")
+        0.3, 0.0, "concave", 0.5, False, "reference")
     for col in ["val_acc", "test_acc", "val_ece", "test_ece"]:
         assert trials[col].between(0.0, 100.0).all(), col
     # Stage 1: one key, trained once for both groups (on one member's row)
@@ -81,11 +81,12 @@ def test_grouped_study(tmp_path: Path) -> None:
 def test_group_size_needs_fifo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """--group-size < 1 and ASHA with groups exit 2 naming the option; without --scheduler groups get FIFO."""
     base = [*SMOKE, "--storage", str(tmp_path)]
-    assert run.main([*base, "--group-size", "0"]) == 2
-    assert "--group-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse's type check
+        run.main([*base, "--group-size", "0"])
+    assert exit_info.value.code == 2 and "--group-size" in capsys.readouterr().err
     assert run.main([*base, "--group-size", "3", "--scheduler", "asha"]) == 2
     assert "--scheduler asha: cannot be used with --group-size 3" in capsys.readouterr().err
-    settings = run.validate(run.build_parser().parse_args([*base, "--group-size", "3"]))
+    settings = cli.parse([*base, "--group-size", "3"])
     assert settings.scheduler == "fifo" and settings.identity()["group_size"] == 3
-    single = run.validate(run.build_parser().parse_args(base))
-    assert single.scheduler == "asha" and "group_size" not in single.identity()
+    single = cli.parse(base)
+    assert single.scheduler == "asha" and single.identity()["group_size"] == 1

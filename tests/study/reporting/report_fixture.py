@@ -5,7 +5,15 @@ several data sets (one with published figures: cifar10_lt, β=100, resnet32), se
 every method ± mixup, MiSLAS trials whose settings are sampled by a real Optuna study persisted
 with JournalStorage (stopped-early trials told as COMPLETE with partial values, as Ray Tune
 does; failed as FAIL; a few left RUNNING). Numbers are internally consistent: per-split and
-overall accuracies are means of the class rows, ECE is computed from the reliability bins.
+overall accuracies are means of the class rows, ECE is computed from the reliability bins, the
+confidence quantiles from the sampled confidences.
+
+Also the columns added since the report was first written: cRT/LWS baselines in both BN modes
+(``shift_bn`` true/false, ``--baseline-bn both``) for one group, component-ablation ``variant``
+rows (``--ablation components``) for two groups, scored far above the searched settings on
+validation so that any leak into the searched-settings analyses shows, the new calibration
+metrics, temperature scaling and ``confidence.parquet``. ``legacy=True`` writes a study as the
+schema was before all of these (no such columns, rows or table).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import json
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
@@ -46,19 +54,49 @@ class GroupSpec:
     base_acc: float
     test_per_class: int
     eps_step: float | None = 0.1  # None: continuous ε (heatmap bins them)
+    baseline_bn: tuple[bool, ...] = (True,)  # cRT/LWS BN modes run (True: train, the default)
+    ablation: bool = False  # run the component ablation (variant rows)
 
 
 DEFAULT_GROUPS = (
     GroupSpec("cifar10_lt", 100.0, "resnet32", 5000, 10, (0, 1, 2), 7,
-              {"eps_1": 0.3, "eps_k": 0.0, "form": "concave", "dw_ratio": 0.5, "shift_bn": False, "las_target": "paper"},
-              72.0, 1000),
+              {"eps_1": 0.3, "eps_k": 0.0, "form": "concave", "dw_ratio": 0.5, "shift_bn": True, "las_target": "paper"},
+              72.0, 1000, baseline_bn=(True, False), ablation=True),
     GroupSpec("cifar100_lt", 50.0, "resnet32", 500, 100, (0,), 14,
               {"eps_1": 0.3, "eps_k": 0.0, "form": "concave", "dw_ratio": 0.1, "shift_bn": True, "las_target": "paper"},
               45.0, 100, eps_step=None),
     GroupSpec("fashion_mnist_lt", 100.0, "resnet32", 5000, 10, (0,), 5,
               {"eps_1": 0.3, "eps_k": 0.0, "form": "concave", "dw_ratio": 0.5, "shift_bn": False, "las_target": "paper"},
-              80.0, 1000),
+              80.0, 1000, ablation=True),
 )
+# Columns and tables the schema gained after the report was first written (left out by legacy=True).
+NEW_METRICS = ("classwise_ece", "adaptive_ece", "brier", "ece_many", "ece_medium", "ece_few")
+TS_METRICS = ("ece", "nll", "classwise_ece", "adaptive_ece", "brier")
+NEW_TRIAL_COLUMNS = ("variant", "temperature", *(f"{s}_{m}" for s in ("val", "test") for m in NEW_METRICS),
+                     *(f"{s}_{m}_ts" for s in ("val", "test") for m in TS_METRICS))
+NEW_EPOCH_COLUMNS = ("steps",)
+NEW_TABLES = ("confidence.parquet",)
+
+
+def component_variants(paper: dict[str, object], mixup: bool) -> list[tuple[str, dict[str, object]]]:
+    """The ablation rows of one Stage 1, named as study.settings.component_variants names them."""
+    out = []
+    for shift_bn in (True, False):
+        for las in (True, False):
+            setting = {**paper, "shift_bn": shift_bn}
+            if not las:
+                setting.update(eps_1=0.0, eps_k=0.0)
+            name = "+".join(["mixup" if mixup else "plain", *(["shift_bn"] if shift_bn else []), "las" if las else "ce"])
+            out.append((name, setting))
+    if mixup:
+        name = "+".join(["mixup", *(["shift_bn"] if paper["shift_bn"] else []), "uniform_ls"])
+        out.append((name, {**paper, "eps_k": paper["eps_1"]}))
+    return out
+
+
+# test-accuracy bonus per component (mixup, shift BN, LAS / uniform LS) of the ablation rows
+COMPONENT_BONUS = {"mixup": 2.0, "shift_bn": 1.0, "las": 1.5, "uniform_ls": 0.7, "ce": 0.0}
+VARIANT_LEAK = 6.0  # ablation rows score this far above every searched setting
 
 
 def lt_counts(n_max: int, n_classes: int, beta: float) -> np.ndarray:
@@ -79,7 +117,7 @@ def _eps(counts: np.ndarray, e1: float, ek: float, form: str, p: float | None) -
 
 @dataclass
 class _Writer:
-    """Accumulates rows of the four tables."""
+    """Accumulates rows of the five tables."""
 
     study: str
     rng: np.random.Generator
@@ -87,6 +125,7 @@ class _Writer:
     epochs: list[dict] = field(default_factory=list)
     classes: list[dict] = field(default_factory=list)
     reliability: list[dict] = field(default_factory=list)
+    confidence: list[dict] = field(default_factory=list)
     clock: datetime = T0
 
     def _bins(self, trial_id: str, split: str, n: int, overconf: float, mean_conf: float) -> float:
@@ -105,9 +144,37 @@ class _Writer:
                                      "upper": (b + 1) / 15, "count": int(sel.size), "accuracy": acc, "confidence": c})
         return 100.0 * gap_sum / n
 
+    def _confidence(self, trial_id: str, split: str, acc: dict[str, float], per_class: dict[str, int],
+                    overconf: float) -> None:
+        """Top-label confidence per class split: sampled, then summarised as the schema stores it."""
+        for s, a in acc.items():
+            m = float(np.clip(a / 100 + overconf, 0.05, 0.97))
+            conf = np.clip(self.rng.beta(6 * m, 6 * (1 - m), size=min(per_class[s], 3000)), 1e-3, 1.0)
+            q = np.quantile(conf, [0.05, 0.25, 0.5, 0.75, 0.95])
+            self.confidence.append({"trial_id": trial_id, "eval_split": split, "class_split": s,
+                                    "count": per_class[s], "mean": float(conf.mean()),
+                                    **{k: float(v) for k, v in zip(("q05", "q25", "q50", "q75", "q95"), q)}})
+
+    def _new_metrics(self, row: dict[str, object], overconf: float, have: dict[str, bool]) -> None:
+        """The calibration metrics added to the schema later, and temperature scaling."""
+        rng = self.rng
+        row["temperature"] = float(max(0.5, 1.0 + 4.0 * overconf + rng.normal(0, 0.05)))
+        for s in ("val", "test"):
+            ece, acc, nll = float(row[f"{s}_ece"]), float(row[f"{s}_acc"]), float(row[f"{s}_nll"])
+            row[f"{s}_classwise_ece"] = ece * float(rng.uniform(1.1, 1.6))
+            row[f"{s}_adaptive_ece"] = ece * float(rng.uniform(0.8, 1.1))
+            row[f"{s}_brier"] = float(np.clip(1.25 * (1 - acc / 100) + abs(overconf) + rng.normal(0, 0.01), 0, 2))
+            for split, present in have.items():
+                row[f"{s}_ece_{split}"] = ece * float(rng.uniform(0.5, 2.0)) if present else None
+            row[f"{s}_ece_ts"] = ece * float(rng.uniform(0.2, 0.6))
+            row[f"{s}_nll_ts"] = nll - float(rng.uniform(0.01, 0.15))
+            row[f"{s}_classwise_ece_ts"] = row[f"{s}_classwise_ece"] * float(rng.uniform(0.5, 0.9))
+            row[f"{s}_adaptive_ece_ts"] = row[f"{s}_adaptive_ece"] * float(rng.uniform(0.3, 0.7))
+            row[f"{s}_brier_ts"] = row[f"{s}_brier"] - float(rng.uniform(0.0, 0.02))
+
     def add(self, g: GroupSpec, counts: np.ndarray, method: str, mixup: bool, seed: int, status: str,
             level: float, params: dict[str, object] | None, paper: bool, overconf: float, flat: float,
-            epochs_planned: int = 10) -> str:
+            epochs_planned: int = 10, shift_bn: bool | None = None, variant: str | None = None) -> str:
         trial_id = f"t{len(self.trials):04d}"
         rng = self.rng
         failed = status == "failed"
@@ -117,8 +184,8 @@ class _Writer:
         row: dict[str, object] = {
             "trial_id": trial_id, "study": self.study, "dataset": g.dataset, "imb_factor": g.imb_factor,
             "arch": g.arch, "method": method, "mixup": mixup, "seed": seed, "is_paper_setting": paper,
-            "eps_1": None, "eps_k": None, "form": None, "p": None, "dw_ratio": None,
-            "shift_bn": None, "las_target": None, "tau": float(rng.uniform(0.5, 1.5)) if method == "tau_norm" else None,
+            "variant": variant, "eps_1": None, "eps_k": None, "form": None, "p": None, "dw_ratio": None,
+            "shift_bn": shift_bn, "las_target": None, "tau": float(rng.uniform(0.5, 1.5)) if method == "tau_norm" else None,
             "epochs_planned": epochs_planned, "epochs_run": epochs_run, "status": status, "error": None,
         }
         if params:
@@ -152,9 +219,15 @@ class _Writer:
         row["test_mce"], row["val_mce"] = row["test_ece"] * 2.5, row["val_ece"] * 2.5
         row["test_nll"] = float(0.4 + (100 - row["test_acc"]) / 60 + overconf * 3 + rng.normal(0, 0.02))
         row["val_nll"] = row["test_nll"] + float(rng.normal(0, 0.02))
+        have = {s: bool((split == s).any()) for s in ("many", "medium", "few")}
+        self._new_metrics(row, overconf, have)
+        per_class = {s: int((split == s).sum()) for s in have}
+        for eval_split, n in (("test", g.test_per_class), ("val", 20)):
+            acc = {s: float(row[f"{eval_split}_acc_{s}"]) for s in have if have[s]}
+            self._confidence(trial_id, eval_split, acc, {s: k * n for s, k in per_class.items()}, overconf)
         for e in range(1, epochs_run + 1):
             frac = e / epochs_planned
-            self.epochs.append({"trial_id": trial_id, "epoch": e, "lr": 0.1 * 0.5 * (1 + math.cos(math.pi * frac)),
+            self.epochs.append({"trial_id": trial_id, "epoch": e, "steps": 40, "lr": 0.1 * 0.5 * (1 + math.cos(math.pi * frac)),
                                 "classifier_lr": 0.05, "train_loss": 2.0 - frac, "val_acc": row["val_acc"] * (0.9 + 0.1 * frac),
                                 "val_ece": row["val_ece"] * (1.5 - 0.5 * frac), "val_nll": row["val_nll"] * (1.2 - 0.2 * frac),
                                 "wall_s": wall * frac})
@@ -198,9 +271,12 @@ def _add_group(w: _Writer, study: optuna.Study, g: GroupSpec, *, stop_rate: floa
     for seed in g.seeds:
         for method in BASELINES:
             for mixup in (False, True):
-                over, flat = style[(method, mixup)]
-                level = g.base_acc + offset[method] + (2.0 if mixup else 0.0) + rng.normal(0, 0.4)
-                w.add(g, counts, method, mixup, seed, "complete", level, None, False, over, flat)
+                for bn in (g.baseline_bn if method in ("crt", "lws") else (False,)):
+                    over, flat = style[(method, mixup)]
+                    level = g.base_acc + offset[method] + (2.0 if mixup else 0.0) - (0.0 if bn else 1.5) \
+                        + rng.normal(0, 0.4)
+                    w.add(g, counts, method, mixup, seed, "complete", level, None, False, over + (0 if bn else 0.02),
+                          flat, shift_bn=bn)
     # MiSLAS: the paper setting first, then sampled settings; each setting run for every seed.
     for c in range(g.n_configs):
         first: dict[str, object] | None = None
@@ -232,16 +308,35 @@ def _add_group(w: _Writer, study: optuna.Study, g: GroupSpec, *, stop_rate: floa
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             else:
                 study.tell(trial, [row["val_acc"], row["val_ece"]])
+    if g.ablation:
+        _add_ablation(w, g, counts)
+
+
+def _add_ablation(w: _Writer, g: GroupSpec, counts: np.ndarray) -> None:
+    """The component ablation: fixed rows, never told to Optuna; one failed row where seeds > 1."""
+    for seed in g.seeds:
+        for mixup in (True, False):
+            for name, setting in component_variants(g.paper, mixup):
+                bonus = sum(COMPONENT_BONUS.get(t, 0.0) for t in name.split("+"))
+                acc, over = _mislas_quality(setting, g)
+                status = "failed" if (name == "plain+las" and seed == g.seeds[-1] and len(g.seeds) > 1) else "complete"
+                w.add(g, counts, "mislas", mixup, seed, status, acc + VARIANT_LEAK + bonus + w.rng.normal(0, 0.5),
+                      setting, False, over - 0.02 * bonus, 0.85, variant=name)
 
 
 def make_study(root: Path, *, name: str = "fixture_study", groups: tuple[GroupSpec, ...] = DEFAULT_GROUPS,
                seed: int = 0, with_optuna: bool = True, running: int = 2, stop_rate: float = 0.15,
-               fail_rate: float = 0.1, drop: tuple[str, ...] = ()) -> Path:
+               fail_rate: float = 0.1, drop: tuple[str, ...] = (), legacy: bool = False) -> Path:
     """Write a study under ``root/name`` and return that directory.
 
     ``drop`` names table files to leave out (a partial or older study); ``running`` Optuna
-    trials are asked and never told (still running when the report is made).
+    trials are asked and never told (still running when the report is made). ``legacy``: a
+    study written before the variant / TS / new-metric columns, ``steps`` and confidence.parquet
+    (no ablation rows, baselines in the default BN mode with ``shift_bn`` null).
     """
+    if legacy:
+        groups = tuple(replace(g, ablation=False, baseline_bn=(True,)) for g in groups)
+        drop = (*drop, *NEW_TABLES)
     out = Path(root) / name
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -264,8 +359,15 @@ def make_study(root: Path, *, name: str = "fixture_study", groups: tuple[GroupSp
                             "stage1_val_acc": 60.0, "stage1_test_acc": 59.0, "stage1_test_ece": 9.0} for r in w.trials])
     for column in ("started_at", "finished_at"):
         trials[column] = pd.to_datetime(trials[column], utc=True).astype("datetime64[us, UTC]")
-    tables = {"trials.parquet": trials, "epochs.parquet": pd.DataFrame(w.epochs),
-              "classes.parquet": pd.DataFrame(w.classes), "reliability.parquet": pd.DataFrame(w.reliability)}
+    trials["shift_bn"] = trials["shift_bn"].astype("boolean")
+    epochs = pd.DataFrame(w.epochs)
+    if legacy:
+        trials = trials.drop(columns=list(NEW_TRIAL_COLUMNS))
+        trials.loc[trials["method"] != "mislas", "shift_bn"] = pd.NA
+        epochs = epochs.drop(columns=list(NEW_EPOCH_COLUMNS))
+    tables = {"trials.parquet": trials, "epochs.parquet": epochs,
+              "classes.parquet": pd.DataFrame(w.classes), "reliability.parquet": pd.DataFrame(w.reliability),
+              "confidence.parquet": pd.DataFrame(w.confidence)}
     for file, frame in tables.items():
         if file not in drop:
             frame.to_parquet(out / file, index=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from matplotlib import image as mpimg
+
 from tests.study.reporting.report_fixture import distinct_colours, full_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tests.study.reporting.report_fixture import DEFAULT_GROUPS, distinct_colours, full_report, make_study, parse_html
 
 from study.reporting import FORMATS, NoStudyError, UnknownFormatError, build_report
 from study.reporting.load import TRIAL_COLUMNS
+from tests.study.reporting.report_fixture import DEFAULT_GROUPS, distinct_colours, full_report, make_study, parse_html
 
 REPO = Path(__file__).resolve().parents[3]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -46,7 +46,7 @@ def test_figures_exist_and_are_not_blank():
         assert_real_png(path.read_bytes(), path.name)
     kinds = {p.stem.split("resnet32-")[-1] for p in pngs}
     assert {"eps-heatmaps", "related-functions", "effects", "importances", "pareto", "history", "reliability",
-            "weight-norms"} <= kinds
+            "weight-norms", "confidence"} <= kinds
 
 
 def test_html_is_self_contained_and_every_image_decodes():

@@ -2,7 +2,9 @@
 
 The expectations below are computed here from the raw Parquet with different code (one groupby
 over all groups and methods, settings keyed by their string form), not by calling the report's
-own helpers.
+own helpers. Component-ablation rows (``variant`` set) are fixed rows of their own table: the
+searched-settings expectations below leave them out (the fixture scores them above every
+searched setting, so a leak would change these numbers).
 """
 
 from __future__ import annotations
@@ -12,15 +14,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+
+from tests.study.reporting.expected import METRICS, TS_METRICS, expected_trials, over_seeds, searched_mislas
 from tests.study.reporting.report_fixture import full_report, full_study, parse_html
 
-METRICS = {"Many": "test_acc_many", "Medium": "test_acc_medium", "Few": "test_acc_few",
-           "All": "test_acc", "ECE": "test_ece", "NLL": "test_nll"}
 LOWER_IS_BETTER = {"ECE", "NLL"}
-BASELINE_LABELS = {("ce", False): "CE", ("ce", True): "CE+mixup", ("crt", False): "cRT", ("crt", True): "cRT+mixup",
-                   ("lws", False): "LWS", ("lws", True): "LWS+mixup", ("tau_norm", False): "τ-norm",
-                   ("tau_norm", True): "τ-norm+mixup"}
-SETTING = ["mixup", "eps_1", "eps_k", "form", "p", "dw_ratio", "shift_bn", "las_target"]
 
 
 def _same(a: float, b: float) -> bool:
@@ -41,39 +39,27 @@ def _groups(result) -> dict[tuple, object]:
     return {(g.group.dataset, g.group.imb_factor, g.group.arch): g for g in result.tables.groups}
 
 
-def expected_rows(trials: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
-    """Per (dataset, β, arch): label -> mean/std over seeds of per-seed means, written independently."""
-    done = trials[trials["status"] == "complete"]
-    keys = ["dataset", "imb_factor", "arch"]
-    out: dict[tuple, dict[str, dict[str, float]]] = {}
-    per_seed = done.groupby([*keys, "method", "mixup", "seed"], dropna=False)[list(METRICS.values())].mean()
-    agg = per_seed.groupby(level=[0, 1, 2, 3, 4], dropna=False).agg(["mean", "std", "count"])
-    for (ds, beta, arch, method, mixup), row in agg.iterrows():
-        if method == "mislas":
-            continue
-        out.setdefault((ds, beta, arch), {})[BASELINE_LABELS[(method, bool(mixup))]] = row
-    paper = done[(done["method"] == "mislas") & done["is_paper_setting"]]
-    ps = paper.groupby([*keys, "seed"])[list(METRICS.values())].mean().groupby(level=[0, 1, 2]).agg(["mean", "std", "count"])
-    for key, row in ps.iterrows():
-        out[key]["MiSLAS (paper setting)"] = row
-    mislas = done[done["method"] == "mislas"].copy()
-    mislas["setting"] = mislas[SETTING].map(repr).agg("|".join, axis=1)
-    for key, sub in mislas.groupby(keys):
-        scores = sub.groupby("setting").agg(acc=("val_acc", "mean"), ece=("val_ece", "mean"))
-        best = scores.sort_values(["acc", "ece"], ascending=[False, True]).index[0]
-        chosen = sub[sub["setting"] == best]
-        row = chosen.groupby("seed")[list(METRICS.values())].mean().agg(["mean", "std", "count"]).T.stack()
-        out[key]["MiSLAS (best tuned)"] = row
-    return {k: pd.DataFrame(v).T for k, v in out.items()}
+def expected_rows(trials: pd.DataFrame, *, ts: bool = False) -> dict[tuple, pd.DataFrame]:
+    """Per (dataset, β, arch): label -> mean/std over seeds of per-seed means, written independently,
+    keyed by the METRICS columns. With ``ts`` the "+TS" rows too (the same trials with TS values;
+    their ECE and NLL from the temperature-scaled columns)."""
+    def columns(label: str) -> dict[str, str]:
+        source = TS_METRICS if "+TS" in label else METRICS
+        return {column: source[metric] for metric, column in METRICS.items()}
+
+    return {key: pd.DataFrame({label: over_seeds(rows, columns(label)) for label, rows in by_label.items()}).T
+            for key, by_label in expected_trials(trials, ts=ts).items()}
 
 
 def test_comparison_numbers_equal_independent_aggregation(trials, result):
-    expected = expected_rows(trials)
+    expected = expected_rows(trials, ts=True)
     groups = _groups(result)
     assert set(expected) == set(groups)
     for key, exp in expected.items():
         stats = groups[key].comparison.stats
         assert set(exp.index) <= set(stats.index), key
+        assert any("+TS" in label for label in exp.index), key
+        assert any("(BN eval)" in label for label in stats.index) == (key[0] == "cifar10_lt"), key
         for label, row in exp.iterrows():
             for metric, column in METRICS.items():
                 assert _same(stats.loc[label, f"{metric}_mean"], row[(column, "mean")]), (key, label, metric)
@@ -83,16 +69,21 @@ def test_comparison_numbers_equal_independent_aggregation(trials, result):
 
 
 def test_html_cells_show_the_numbers_and_bold_marks_the_true_best(trials, result):
-    expected = expected_rows(trials)
+    """Every cell of ours, uncalibrated and "+TS" rows. Bold: accuracy among the uncalibrated rows
+    (a "+TS" row repeats them), ECE and NLL among every row (temperature scaling competes)."""
+    expected = expected_rows(trials, ts=True)
     html = parse_html((result.out_dir / "report.html").read_text())
     for key, g in _groups(result).items():
         exp = expected[key]
         rows = html.tables[f"comparison-{g.group.slug}"]
         header = html.headers[f"comparison-{g.group.slug}"][-1]
         by_label = {r[0][0]: r for r in rows}
+        assert {label for label, r in by_label.items() if r[1][0] != "—"} == set(exp.index)  # rows of ours
         for metric, column in METRICS.items():
             j = header.index(metric)  # the first (ours) column of that name
             means = exp[(column, "mean")].astype(float).dropna()
+            if metric not in LOWER_IS_BETTER:
+                means = means[~means.index.str.contains(r"\+TS", regex=True)]
             target = means.min() if metric in LOWER_IS_BETTER else means.max()
             true_best = set(means.index[np.isclose(means, target, rtol=0, atol=1e-12)])
             bolded = {label for label, r in by_label.items() if r[j][1]}
@@ -162,7 +153,7 @@ def test_status_counts_and_lists(trials, result):
 
 def test_pareto_front_is_the_brute_force_front_of_complete_trials(trials, result):
     for key, g in _groups(result).items():
-        sub = trials[(trials["dataset"] == key[0]) & (trials["method"] == "mislas") & (trials["status"] == "complete")]
+        sub = searched_mislas(trials, key[0])
         pts = list(zip(sub["trial_id"], sub["val_acc"], sub["val_ece"]))
         front = {t for t, a, e in pts
                  if not any((a2 >= a and e2 <= e) and (a2 > a or e2 < e) for _, a2, e2 in pts)}
@@ -172,7 +163,7 @@ def test_pareto_front_is_the_brute_force_front_of_complete_trials(trials, result
 
 def test_heatmap_cells_are_means_over_trials(trials, result):
     g = _groups(result)[("cifar10_lt", 100.0, "resnet32")]
-    done = trials[(trials["dataset"] == "cifar10_lt") & (trials["method"] == "mislas") & (trials["status"] == "complete")]
+    done = searched_mislas(trials, "cifar10_lt")
     acc_map = next(h for h in g.heatmaps if h.metric == "val_acc")
     assert not acc_map.binned
     cells = done.groupby([done["eps_1"].round(6), done["eps_k"].round(6)])["val_acc"].agg(["mean", "count"])
@@ -181,13 +172,13 @@ def test_heatmap_cells_are_means_over_trials(trials, result):
         assert math.isclose(acc_map.mean[i, j], row["mean"]) and acc_map.count[i, j] == row["count"]
     assert acc_map.count.sum() == len(done)
     binned = next(h for h in _groups(result)[("cifar100_lt", 50.0, "resnet32")].heatmaps if h.metric == "val_ece")
-    n100 = ((trials["dataset"] == "cifar100_lt") & (trials["method"] == "mislas") & (trials["status"] == "complete")).sum()
+    n100 = len(searched_mislas(trials, "cifar100_lt"))
     assert binned.binned and binned.count.sum() == n100
 
 
 def test_form_stats_and_curves(trials, result):
     for key, g in _groups(result).items():
-        done = trials[(trials["dataset"] == key[0]) & (trials["method"] == "mislas") & (trials["status"] == "complete")]
+        done = searched_mislas(trials, key[0])
         exp = done.groupby("form")["val_acc"].agg(["count", "mean", "max"])
         stats = g.forms.stats
         assert set(stats.index) == set(exp.index)
@@ -209,7 +200,7 @@ def test_reliability_pooled_and_weight_norms(trials, result):
     classes = pd.read_parquet(full_study() / "classes.parquet")
     g = _groups(result)[("cifar10_lt", 100.0, "resnet32")]
     ids = set(trials[(trials["dataset"] == "cifar10_lt") & (trials["method"] == "crt") & trials["mixup"]
-                     & (trials["status"] == "complete")]["trial_id"])
+                     & (trials["shift_bn"] == True) & (trials["status"] == "complete")]["trial_id"])  # noqa: E712
     curve = next(c for c in g.reliability if c.label == "cRT+mixup")
     sub = rel[rel["trial_id"].isin(ids) & (rel["eval_split"] == "test")]
     n = sub.groupby("bin")["count"].sum()
@@ -229,7 +220,7 @@ def test_reliability_pooled_and_weight_norms(trials, result):
 def test_importances_use_complete_trials_only(trials, result):
     groups = _groups(result)
     for key, g in groups.items():
-        n_done = ((trials["dataset"] == key[0]) & (trials["method"] == "mislas") & (trials["status"] == "complete")).sum()
+        n_done = len(searched_mislas(trials, key[0]))
         imp = g.importances
         if n_done >= 8:
             assert imp.table is not None and imp.n_trials == n_done

@@ -1,0 +1,249 @@
+"""The command line of ``python -m study.run``: argparse does the parsing, :func:`validate` the
+cross-option rules, and both end in exit 2 with one line naming the option, file or key.
+
+Used by study.run (the driver) and study.submit (which checks a study's arguments before
+they reach a cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import yaml
+
+from mislas.config import METHODS, PRESETS
+from mislas.data import DATASETS
+from mislas.errors import EXIT_USAGE, UsageError
+from study.schema import OBJECTIVES
+from study.settings import STUDY_KEYS, StudySettings, base_config, table6
+from study.space import default_space_file, load_space
+
+MIXUP_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
+# The backbone's BN in Stage 2 for cRT / LWS: "train" as Kang et al.'s code (BN statistics
+# re-estimate on class-balanced batches), "eval" (frozen statistics), or both.
+BN_CHOICES: dict[str, tuple[bool | None, ...]] = {"train": (True,), "eval": (False,), "both": (True, False)}
+ABLATIONS = ("none", "components")
+
+
+class UsageParser(argparse.ArgumentParser):
+    """argparse, but its errors are one line and exit 2 like every other usage error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def integer(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(minimum: float, *, strict: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum:g}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def choices_list(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    """A comma-separated list of distinct values from ``allowed``."""
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(t.strip() for t in text.split(",") if t.strip())
+        if not items:
+            raise argparse.ArgumentTypeError(f"must list at least one of {', '.join(allowed)}, got {text!r}")
+        for item in items:
+            if item not in allowed:
+                raise argparse.ArgumentTypeError(f"unknown value {item!r}; allowed: {', '.join(allowed)}")
+        if len(set(items)) != len(items):
+            raise argparse.ArgumentTypeError(f"values must be distinct, got {text!r}")
+        return items
+
+    parse.__name__ = "list"
+    return parse
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"must list at least one seed, got {text!r}")
+    seeds = tuple(integer(0)(t) for t in parts)
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct, got {text!r}")
+    return seeds
+
+
+def study_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", text):
+        raise argparse.ArgumentTypeError(f"letters, digits and . _ + - only (not starting with one of them), "
+                                         f"got {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = UsageParser(prog="python -m study.run",
+                    description="The Ray Tune + Optuna study of MiSLAS's Stage-2 knobs (and its baselines).")
+    p.add_argument("--dataset", action="append", required=True, choices=list(DATASETS), metavar="D",
+                   help=f"data set to study (repeatable): {', '.join(DATASETS)}")
+    p.add_argument("--trials", type=integer(0), default=16, help="MiSLAS settings searched per data set (default 16)")
+    p.add_argument("--space", action="append", default=[], metavar="FILE",
+                   help="search-space YAML (repeatable; its 'dataset' key says which); default search_spaces/<D>.yaml")
+    p.add_argument("--objective", type=choices_list(tuple(OBJECTIVES)), default=("acc", "ece"),
+                   help="acc, ece, or acc,ece (default: both, a Pareto study)")
+    p.add_argument("--scheduler", choices=("asha", "fifo"), default=None,
+                   help="asha (default) or fifo; fifo with --group-size > 1, where asha is refused (it cannot "
+                        "stop one member of a group)")
+    p.add_argument("--group-size", type=integer(1), default=1, metavar="G",
+                   help="MiSLAS settings per Tune trial, trained together on one backbone pass per Stage-2 batch, "
+                        "each its own row and Optuna trial (default 1); needs --scheduler fifo, the default then")
+    p.add_argument("--gpus-per-trial", type=number(0.0), default=None,
+                   help="GPUs per trial, fractions allowed (default 1 if the cluster has GPUs, else 0 = CPU)")
+    p.add_argument("--cpus-per-trial", type=number(0.0, strict=True), default=1.0, help="CPUs per trial (default 1)")
+    p.add_argument("--max-concurrent", type=integer(1), default=None,
+                   help="most trials at once (default: as resources allow)")
+    p.add_argument("--storage", default="results",
+                   help="folder, NFS path or s3:// URI for results and the Stage-1 cache (default ./results)")
+    p.add_argument("--name", type=study_name, default=None,
+                   help="study name (default <datasets>-<budget>); a rerun with the same name resumes it")
+    p.add_argument("--resume", action="store_true", help="continue the study NAME (it must exist)")
+    p.add_argument("--address", default=None, help="Ray cluster to join (default: start Ray in this process)")
+    p.add_argument("--budget", choices=PRESETS, default="paper",
+                   help="paper (Table 6 epochs) or smoke (a small CPU budget)")
+    p.add_argument("--seeds", type=seed_list, default=(0,), help="training seeds, comma separated (default 0)")
+    p.add_argument("--methods", type=choices_list(METHODS), default=("mislas",),
+                   help=f"comma separated from {', '.join(METHODS)}; non-mislas methods run as fixed baselines "
+                        f"per data set x seed (default mislas)")
+    p.add_argument("--baseline-mixup", choices=tuple(MIXUP_CHOICES), default="both",
+                   help="Stage 1 of the baselines: off (plain), on (+mixup) or both (default)")
+    p.add_argument("--baseline-bn", choices=tuple(BN_CHOICES), default="train",
+                   help="the frozen backbone's BN in cRT/LWS: train (default, as Kang et al.'s code: statistics "
+                        "re-estimate on class-balanced batches), eval, or both")
+    p.add_argument("--ablation", choices=ABLATIONS, default="none",
+                   help="components: also run every on/off combination of Stage-1 mixup, shift BN and LAS at the "
+                        "Table 6 values, plus uniform label smoothing, per data set and seed (fixed trials)")
+    p.add_argument("--data-root", default=None, help="folder with the data set's files")
+    p.add_argument("--imb-factor", type=number(1.0), default=None, help="β for CIFAR/Fashion-MNIST-LT (default 100)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a mislas config field for every trial, e.g. stage2.epochs=5 (repeatable)")
+    p.add_argument("--grace-period", type=integer(1), default=1,
+                   help="ASHA: Stage-2 epochs before a trial may be stopped (default 1)")
+    p.add_argument("--reduction-factor", type=number(1.0, strict=True), default=3.0,
+                   help="ASHA reduction factor (default 3)")
+    p.add_argument("--max-failures", type=integer(-1), default=2,
+                   help="retries of a trial whose worker dies (default 2; -1 = forever)")
+    p.add_argument("--num-cpus", type=integer(1), default=None, help="CPUs of the in-process Ray (default: all)")
+    p.add_argument("--sampler-seed", type=integer(0), default=0, help="seed of the TPE sampler (default 0)")
+    p.add_argument("--progress", action="store_true", help="per-epoch lines from every trial")
+    return p
+
+
+def _space_files(paths: Sequence[str], datasets: Sequence[str]) -> dict[str, str]:
+    """``--space`` files by the data set they name (read once more, whole, by load_space)."""
+    given: dict[str, str] = {}
+    for path in paths:
+        if not Path(path).is_file():
+            raise UsageError(f"--space: no such file: {path}")
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError:
+            raw = None
+        target = raw.get("dataset") if isinstance(raw, dict) else None
+        if not isinstance(target, str):
+            load_space(path)  # let the loader name the problem
+            raise UsageError(f"{path}: dataset: a data set name (string) is required")
+        if target in given:
+            raise UsageError(f"--space: two files for {target}: {given[target]} and {path}")
+        if target not in datasets:
+            raise UsageError(f"{path}: dataset: the file is for {target!r}, which is not among --dataset "
+                             f"({', '.join(datasets)})")
+        given[target] = path
+    return given
+
+
+def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySettings:
+    """The rules between options, the configs and the search spaces; raises UsageError.
+
+    ``check_paths=False`` skips checks of paths that only the cluster sees (``--data-root``),
+    for ``study.submit``.
+    """
+    datasets = tuple(args.dataset)
+    if len(set(datasets)) != len(datasets):
+        raise UsageError(f"--dataset: each data set once, got {', '.join(datasets)}")
+    methods = tuple(args.methods)
+    if "mislas" in methods and args.trials < 1 and args.ablation == "none":
+        raise UsageError(f"--trials: must be >= 1 when mislas is among --methods, got {args.trials}")
+    scheduler = args.scheduler or ("asha" if args.group_size == 1 else "fifo")
+    if args.group_size > 1 and scheduler == "asha":
+        raise UsageError(f"--scheduler asha: cannot be used with --group-size {args.group_size} (ASHA stops whole "
+                         f"trials, and a group's members share one trial); use --scheduler fifo or --group-size 1")
+    if args.imb_factor is not None and not any(DATASETS[d].kind == "array" for d in datasets):
+        arrays = ", ".join(n for n, spec in DATASETS.items() if spec.kind == "array")
+        raise UsageError(f"--imb-factor: applies only to {arrays}; {', '.join(datasets)} take their imbalance "
+                         f"from their split lists")
+    data_root = args.data_root
+    if data_root is not None and check_paths:
+        if not Path(data_root).is_dir():
+            raise UsageError(f"--data-root: not a folder: {data_root}")
+        data_root = str(Path(data_root).resolve())
+    if not args.storage:
+        raise UsageError("--storage: must not be empty")
+    for item in args.overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in STUDY_KEYS:
+            raise UsageError(f"--set {key}: the study sets this field itself ({STUDY_KEYS[key]}); "
+                             f"it cannot be overridden")
+
+    configs, spaces = {}, {}
+    files = _space_files(args.space, datasets)
+    for d in datasets:
+        try:
+            configs[d] = base_config(d, budget=args.budget, imb_factor=args.imb_factor,
+                                     overrides=tuple(args.overrides), data_root=data_root)
+        except UsageError as exc:
+            text = str(exc)
+            raise UsageError(text if text.startswith("--set") else f"--set: {text}") from None
+        if "mislas" in methods and args.trials > 0:
+            spaces[d] = load_space(files.get(d, default_space_file(d)), dataset=d,
+                                   table6=table6(d, args.imb_factor))
+    return StudySettings(
+        datasets=datasets, trials=args.trials if "mislas" in methods else 0, spaces=spaces, configs=configs,
+        objectives=tuple(args.objective), scheduler=scheduler, group_size=args.group_size,
+        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent,
+        storage=args.storage, name=args.name or f"{'+'.join(datasets)}-{args.budget}", resume=bool(args.resume),
+        address=args.address, budget=args.budget, seeds=tuple(args.seeds), methods=methods,
+        baseline_mixup=MIXUP_CHOICES[args.baseline_mixup], baseline_bn=BN_CHOICES[args.baseline_bn],
+        ablation=args.ablation, data_root=data_root, imb_factor=args.imb_factor,
+        overrides=tuple(args.overrides), grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+        max_failures=args.max_failures, num_cpus=args.num_cpus, sampler_seed=args.sampler_seed,
+        progress=bool(args.progress),
+    )
+
+
+def parse(argv: Sequence[str] | None = None, *, check_paths: bool = True) -> StudySettings:
+    """Parse and validate; argparse errors exit 2, rule violations raise UsageError."""
+    return validate(build_parser().parse_args(argv), check_paths=check_paths)
+
+

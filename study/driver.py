@@ -1,0 +1,188 @@
+"""The study's driver: Ray Tune over the trials, Optuna as the searcher, Parquet as the record.
+
+:func:`run_study` takes validated :class:`study.settings.StudySettings`, starts (or joins)
+Ray, runs or resumes the Tune experiment, writes the union tables and ``summary.json`` and
+prints the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mislas.errors import UsageError
+from study import journal
+from study.settings import StudySettings
+from study.storage import Store
+
+
+def make_searcher(s: StudySettings, storage: Any) -> Any:
+    from study.search import MislasOptunaSearch, StudySearcher, make_sampler
+    from study.settings import table6
+
+    searchers, table6s, names = {}, {}, {}
+    for i, d in enumerate(s.spaces):
+        names[d] = f"{s.name}:{d}"
+        # StudySearcher enqueues the Table 6 point as member 0 of each seed's first trial
+        searchers[d] = MislasOptunaSearch(space=s.spaces[d], metric=s.metric, mode=s.mode,
+                                          sampler=make_sampler(s.sampler_seed + i), study_name=names[d],
+                                          storage=storage)
+        table6s[d] = table6(d, s.imb_factor)
+    return StudySearcher(searchers=searchers, n_trials={d: s.trials for d in searchers}, seeds=s.seeds,
+                         table6=table6s, spaces=s.spaces, fixed=s.fixed_trials(), metric=s.metric, mode=s.mode,
+                         study_names=names, group_size=s.group_size)
+
+
+def make_scheduler(s: StudySettings) -> Any:
+    from ray.tune.schedulers import FIFOScheduler
+
+    from study.search import GroupedASHA
+
+    if s.scheduler == "fifo":
+        return FIFOScheduler()
+    metric = s.metric[0] if isinstance(s.metric, list) else s.metric
+    mode = s.mode[0] if isinstance(s.mode, list) else s.mode
+    planned = s.epochs_planned()
+    return GroupedASHA(metric=metric, mode=mode, max_t={d: planned[d]["mislas"] for d in s.datasets},
+                       grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+
+
+def trial_name(trial: Any) -> str:
+    """Short, stable trial names (Tune's default repeats the whole config in folder names)."""
+    return f"{trial.config['spec'].label()}-{trial.trial_id}"
+
+
+def check_study_json(s: StudySettings, results: Store) -> dict[str, Any] | None:
+    """The saved study.json, after checking a rerun of that name has the same settings."""
+    if not results.exists("study.json"):
+        if s.resume:
+            raise UsageError(f"--resume: no study named {s.name!r} under {s.storage} (no {results.uri('study.json')})")
+        return None
+    saved: dict[str, Any] = json.loads(results.read_bytes("study.json"))
+    mine = json.loads(json.dumps(s.identity()))
+    diff = sorted(k for k in mine if saved.get("identity", {}).get(k) != mine[k])
+    if diff:
+        raise UsageError(f"--name {s.name}: a study of that name with other settings exists at {results.uri()} "
+                         f"(differs in {', '.join(diff)}); rerun with its settings to resume it, or pick a new --name")
+    return saved
+
+
+def run_study(s: StudySettings) -> int:
+    """Run (or resume) the study; returns the exit status."""
+    import ray
+    from ray import tune
+
+    from study import results as results_mod
+    from study.callbacks import RecordContext, ResultsCallback
+    from study.runtime import git_commit, init_ray
+    from study.summary import format_summary, summarize
+    from study.trainable import TrialContext, run_trial, versions
+
+    t_start = time.perf_counter()
+    storage = Store(s.storage)
+    results = storage.child(s.name)
+    saved = check_study_json(s, results)
+    results.makedirs()
+    local_cache = Path(os.path.expanduser("~/.cache/mislas-study")) / s.name
+    created = saved["created_at"] if saved else datetime.now(timezone.utc).isoformat()
+    study_json = {"name": s.name, "identity": s.identity(), "created_at": created,
+                  "spaces": {d: sp.source for d, sp in s.spaces.items()}, "storage": storage.uri(),
+                  "results": results.uri()}
+    results.write_bytes(json.dumps(study_json, indent=2).encode(), "study.json")
+
+    started_ray, ray_init_s = init_ray(s.address, s.num_cpus)
+    try:
+        gpus = s.gpus_per_trial
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        device = "cuda" if gpus > 0 else "cpu"
+        commit, driver_versions = git_commit(), versions()
+        ctx = TrialContext(study=s.name, results_location=results.uri(), stage1_location=storage.uri("stage1"),
+                           base_configs={d: replace(c, device=device) for d, c in s.configs.items()},
+                           cpus_per_trial=s.cpus_per_trial, git_commit=commit, versions=driver_versions,
+                           progress=s.progress)
+        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                                        {"cpu": s.cpus_per_trial, "gpu": gpus})
+        record_ctx = RecordContext(
+            study=s.name, results_location=results.uri(), budget=s.budget,
+            imb_factors={d: c.data.imb_factor for d, c in s.configs.items()}, epochs_planned=s.epochs_planned(),
+            versions=driver_versions, git_commit=commit,
+            optuna_local=None if results.local else str(local_cache / journal.JOURNAL),
+        )
+        tune_path = results.uri("tune")
+        if results.exists("tune") and tune.Tuner.can_restore(tune_path):
+            print(f"[study] resuming {s.name} from {tune_path}", file=sys.stderr, flush=True)
+            journal.open_journal(results, local_cache)  # remote results: fetch the journal the searcher writes to
+            # Errored trials stay failed (their rows are written); unfinished ones continue
+            # from their last checkpoint; finished ones are kept as they are.
+            tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        else:
+            if results_mod.complete_parts(results):
+                raise UsageError(f"--name {s.name}: {results.uri()} holds trial results but no resumable Tune state; "
+                                 f"pick a new --name")
+            journal.set_aside_stale(results, local_cache)
+            searcher = make_searcher(s, journal.open_journal(results, local_cache))
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(s),
+                                            num_samples=searcher.total, max_concurrent_trials=s.max_concurrent,
+                                            # a trial's worker is kept for the next one: no process start and
+                                            # torch import per trial (about 5 s on a small CPU)
+                                            reuse_actors=True,
+                                            trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+                run_config=tune.RunConfig(
+                    name="tune", storage_path=results.uri(), callbacks=[ResultsCallback(record_ctx)], verbose=1,
+                    failure_config=tune.FailureConfig(max_failures=s.max_failures),
+                    # two kept: a driver killed between a trial's newest checkpoint and Tune's next
+                    # state snapshot leaves a snapshot that names the one before, which must still exist
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                ),
+            )
+        t_fit = time.perf_counter()
+        grid = tuner.fit()
+        fit_s = time.perf_counter() - t_fit
+        reconcile(grid, record_ctx)
+        results_mod.rebuild_unions(results)
+        journal.upload(results, local_cache)
+        planned = s.planned_trials()
+        if len(results_mod.complete_parts(results)) >= planned:  # only a finished study has orphans
+            journal.close_orphans(results, local_cache, [f"{s.name}:{d}" for d in s.spaces])
+        trials = results_mod.read_table(results, "trials.parquet").to_pandas()
+        summary = summarize(s, trials, results_uri=results.uri(),
+                            timings={"ray_init_s": ray_init_s, "fit_s": fit_s, "total_s": time.perf_counter() - t_start})
+        results.write_bytes(json.dumps(summary, indent=2, default=str).encode(), "summary.json")
+        print(format_summary(summary), flush=True)
+        if summary["trials"]["total"] < planned:  # e.g. Ctrl-C: Tune saved its state and returned
+            print(f"[study] {summary['trials']['total']} of {planned} trials ended; rerun the same command "
+                  f"(or add --resume) to continue", file=sys.stderr)
+            return 1
+        return 0 if summary["trials"]["finished"] else 1
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def reconcile(grid: Any, record_ctx: Any) -> None:
+    """Write every ended trial the callback did not (a safety net; normally there is none)."""
+    from study import results as results_mod
+    from study.callbacks import ResultsCallback, error_text
+
+    # ResultGrid has no public list of Trial objects (its results lack the checkpoint
+    # folders' member files); this private member is the one remaining use here.
+    analysis = getattr(grid, "_experiment_analysis", None)
+    trials = getattr(analysis, "trials", None) or []
+    store = Store(record_ctx.results_location)
+    callback = ResultsCallback(record_ctx)
+    for trial in trials:
+        spec = (trial.config or {}).get("spec")
+        if spec is None:
+            continue
+        ids = spec.member_ids(trial.trial_id)
+        if trial.status in ("TERMINATED", "ERROR") and not all(results_mod.part_complete(store, i) for i in ids):
+            callback.record(trial, error=error_text(trial) if trial.status == "ERROR" else None)
