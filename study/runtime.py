@@ -19,6 +19,24 @@ EXCLUDES = ["/.venv/", "/.git/", "/results/", "/reports/", "/runs/", "/data/", "
             "/.mypy_cache/", "/.ruff_cache/", "*.pt", "*.parquet"]
 
 
+def is_checkout() -> bool:
+    """Whether this code runs from the repository (not from an installed wheel in site-packages)."""
+    return (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "search_spaces").is_dir()
+
+
+def code_runtime_env() -> dict[str, Any]:
+    """How a cluster gets this code: the repository as ``working_dir`` from a checkout; from an
+    installed wheel, its three packages as ``py_modules`` (never the whole site-packages)."""
+    if is_checkout():
+        return {"working_dir": str(REPO_ROOT), "excludes": EXCLUDES}
+    import mislas
+    import search_spaces
+    import study
+
+    modules = [str(Path(m.__file__ or "").resolve().parent) for m in (mislas, study, search_spaces)]
+    return {"py_modules": modules, "excludes": EXCLUDES}
+
+
 def git_commit() -> str | None:
     """The code's commit: from git here, or MISLAS_GIT_COMMIT (study.submit sets it, as a job's
     working_dir has no .git)."""
@@ -49,8 +67,7 @@ def init_ray(address: str | None, num_cpus: int | None) -> tuple[bool, float]:
         if address and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
             # A driver outside a Ray job ships this code to the cluster's workers (inside a
             # job, the job's runtime_env already did).
-            kwargs["runtime_env"] = {"working_dir": str(REPO_ROOT), "excludes": EXCLUDES,
-                                     "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}
+            kwargs["runtime_env"] = {**code_runtime_env(), "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}
         ray.init(**kwargs)
         return False, time.perf_counter() - t0
     # In-process: workers inherit this environment, so they import study/ and mislas/ from here.

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,17 @@ from mislas.errors import UsageError
 from mislas.las import FORMS, TARGETS
 from study.records import Stage2Setting
 
-SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+def _space_dir() -> Path:
+    """The folder of the shipped space files: the ``search_spaces`` package (package data of the
+    wheel, or the repository folder of that name when run from a checkout)."""
+    try:
+        return Path(str(resources.files("search_spaces")))
+    except ModuleNotFoundError:  # a partial copy of the code: the folder beside study/
+        return Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+SPACE_DIR = _space_dir()
 PARAM_KEYS = Stage2Setting.names()
 ALLOWED_KEYS = ("dataset", "description", *PARAM_KEYS)
 DEFAULT_P = {"low": 0.25, "high": 4.0, "log": True}
