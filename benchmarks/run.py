@@ -54,13 +54,16 @@ from mislas import fastpath, stages
 from mislas.config import RunConfig, Stage1Config, Stage2Config
 from mislas.data import make_loader, train_transform
 from mislas.data.loaders import resolve_num_workers
+from mislas.data.samplers import class_aware_epoch_steps
 from mislas.models import build_model
 from mislas.stages import train_stage2_group
 
 T = TypeVar("T")
 S1_IMAGES = 12_406  # CIFAR-10-LT β=100 train images
 S1_EPOCHS, S2_EPOCHS = 200, 10  # Table 6, CIFAR
-S2_SAMPLES = 10 * 5000  # class-aware epoch: K · n_max
+# Stage-2 steps per epoch on CIFAR-10-LT β=100, B=128: the reference's ceil(N/B) + 1 (default
+# stage2.epoch_length) and the full sampler cycle K · n_max / B
+S2_STEPS_CIFAR10 = {"reference": -(-S1_IMAGES // 128) + 1, "sampler": -(-10 * 5000 // 128)}
 
 
 def sync(device: torch.device) -> None:
@@ -185,10 +188,11 @@ def top_quartile_mean(values: list[float]) -> float:
 
 # --- 2. Stage 2 ---------------------------------------------------------------------------
 
-def stage2_configs(group: int) -> list[RunConfig]:
+def stage2_configs(group: int, epoch_length: str = "reference") -> list[RunConfig]:
     """``group`` MiSLAS trials that differ in what a study searches (ε_1, ε_K, form, ΔW ratio, lr)."""
     forms = ("concave", "linear", "convex", "exp")
-    base = RunConfig(stage1=Stage1Config(), stage2=Stage2Config(epochs=1, batch_size=128, shift_bn=True),
+    base = RunConfig(stage1=Stage1Config(), stage2=Stage2Config(epochs=1, batch_size=128, shift_bn=True,
+                                                                epoch_length=epoch_length),  # type: ignore[arg-type]
                      seed=0, channels_last=True)
     out = []
     for i in range(group):
@@ -214,6 +218,13 @@ def bench_stage2(device: torch.device, quick: bool, group: int) -> dict[str, Any
         res = stages.train_stage2(data, model, cfgs[i], device=device, progress=False)
         single.append(res.epochs[0].wall_s)
 
+    # the same trial with the full sampler epoch (K · n_max samples, the length before the reference's)
+    sampler_cfg = stage2_configs(1, "sampler")[0]
+    sampler_s = [stages.train_stage2(data, model, sampler_cfg, device=device, progress=False).epochs[0].wall_s
+                 for _ in range(2)]
+    counts = list(data.class_counts)
+    steps = {rule: class_aware_epoch_steps(rule, counts, 128) for rule in ("reference", "sampler")}
+
     groups: list[float] = []
 
     def grouped(vectorize: bool = True) -> float:
@@ -231,13 +242,15 @@ def bench_stage2(device: torch.device, quick: bool, group: int) -> dict[str, Any
             loop_s = grouped(vectorize=False)
     group_s = min(groups)
     mean_single = min(single)
-    batches = -(-len(data.class_counts) * n_max // 128)
+    batches = steps["reference"]
 
     def head_ms(epoch_s: float) -> float:
         return (epoch_s - mean_single) / max(group - 1, 1) / batches * 1000
 
     return {
-        "n_max": n_max, "samples_per_epoch": len(data.class_counts) * n_max, "group": group,
+        "n_max": n_max, "train_images": sum(counts), "steps_per_epoch": steps, "group": group,
+        "sampler_epoch_s": [round(s, 3) for s in sampler_s],
+        "reference_vs_sampler_epoch": min(single) / min(sampler_s),
         "single_epoch_s": [round(s, 3) for s in single], "group_epoch_s": group_s,
         "group_epoch_s_runs": [round(g, 3) for g in groups], "group_loop_epoch_s": loop_s,
         "one_by_one_epoch_s_extrapolated": group * mean_single,
@@ -245,7 +258,7 @@ def bench_stage2(device: torch.device, quick: bool, group: int) -> dict[str, Any
         "stage2_group_speedup_means": group * statistics.mean(single) / statistics.mean(groups),
         "stage2_group_speedup_unvectorised": group * mean_single / loop_s,
         "head_ms_per_trial_batch": head_ms(group_s), "head_ms_per_trial_batch_unvectorised": head_ms(loop_s),
-        "scale_to_cifar10_lt": S2_SAMPLES / (len(data.class_counts) * n_max),
+        "scale_to_cifar10_lt": S2_STEPS_CIFAR10["reference"] / steps["reference"],
     }
 
 
@@ -368,8 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         s2 = bench_stage2(device, args.quick, args.group)
         print(f"[bench] stage 2 done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
         rows += [
-            (f"stage 2 epoch, one trial alone ({s2['samples_per_epoch']} samples)",
+            (f"stage 2 epoch, one trial, reference length ({s2['steps_per_epoch']['reference']} steps)",
              " ".join(f"{v:.2f}" for v in s2["single_epoch_s"]) + " s"),
+            (f"stage 2 epoch, one trial, full sampler cycle ({s2['steps_per_epoch']['sampler']} steps)",
+             " ".join(f"{v:.2f}" for v in s2["sampler_epoch_s"]) + " s"),
+            ("  reference / sampler epoch time", f"{s2['reference_vs_sampler_epoch']:.3f}"),
             (f"stage 2 epoch, {s2['group']} trials grouped (stacked heads)",
              " ".join(f"{v:.2f}" for v in s2["group_epoch_s_runs"]) + " s"),
             ("stage2_group_speedup (fastest runs; one-by-one extrapolated)", f"{s2['stage2_group_speedup']:.1f}x  "

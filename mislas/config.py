@@ -357,7 +357,7 @@ PAPER_LAS_TARGET: LasTarget = "reference"
 
 
 def _nearest_cifar_setting(dataset: str, imb_factor: float) -> tuple[float, float, float]:
-    """Table 6 row for β, or the row of the nearest tabulated β (documented in README)."""
+    """Table 6 row for β, or the row of the nearest tabulated β (documented in docs/method.md)."""
     betas = sorted(b for d, b in _CIFAR_STAGE2 if d == dataset)
     nearest = min(betas, key=lambda b: abs(b - imb_factor))
     return _CIFAR_STAGE2[(dataset, nearest)]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: sets itself up first (scripts/setup.sh), and
+# Runs lint (ruff), types (mypy) and the whole test suite on a fresh machine: sets itself up first (scripts/setup.sh), and
 # installs Debian's chromium for the report's rendering test (skipped, with the reason, where
 # it cannot be installed).
 set -euo pipefail
@@ -11,4 +11,8 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
   { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null; } \
     || echo "[test] chromium could not be installed; the report rendering test will be skipped"
 fi
+echo "[test] ruff check"
+.venv/bin/ruff check .
+echo "[test] mypy (mislas strict, study default; pyproject.toml)"
+.venv/bin/python -m mypy mislas study
 exec .venv/bin/python -m pytest -q "$@"

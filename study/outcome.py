@@ -3,7 +3,7 @@
 The trial (study.trainable) writes one :class:`MemberOutcome` per member as ``outcome.json``
 beside the member's Parquet tables in its checkpoint (folder ``g<k>/``); the driver's
 callback (study.callbacks) reads it back and calls :func:`trial_row` with what only the
-driver knows (the status a scheduler gave, the error of a dead worker). Torch-free.
+driver knows (the status a scheduler gave, the error of a dead worker).
 """
 
 from __future__ import annotations

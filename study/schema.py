@@ -8,7 +8,7 @@ in step.
 
 Layout under ``<storage>/<name>/``:
 
-* ``parts/<trial_id>/{epochs,classes,reliability,trials}.parquet``: one ended trial's rows;
+* ``parts/<row id>/{epochs,classes,reliability,confidence,trials}.parquet``: one ended row's tables;
   ``trials.parquet`` is written last and is the commit marker.
 * ``trials.parquet`` etc.: the union of the complete parts.
 

@@ -51,7 +51,8 @@ def summarize(s: StudySettings, trials: pd.DataFrame, *, results_uri: str, timin
     for d in s.datasets:
         sub = df[df["dataset"] == d] if len(df) else df
         entry: dict[str, Any] = {}
-        done = sub[(sub["status"] == schema.COMPLETE) & (sub["method"] == "mislas")] if len(sub) else sub
+        searched = sub["variant"].isna() if len(sub) else None  # ablation rows are fixed, not searched
+        done = sub[(sub["status"] == schema.COMPLETE) & (sub["method"] == "mislas") & searched] if len(sub) else sub
         if len(done):
             entry["best_val_acc"] = _setting(done.loc[done["val_acc"].idxmax()])
             eced = done.dropna(subset=["val_ece"])
@@ -66,8 +67,13 @@ def summarize(s: StudySettings, trials: pd.DataFrame, *, results_uri: str, timin
                 entry["table6_val_ece_mean"] = float(paper["val_ece"].mean())
         base = sub[(sub["method"] != "mislas") & (sub["status"] == schema.COMPLETE)] if len(sub) else sub
         if len(base):
-            entry["baselines_val_acc"] = {f"{m}{'+mixup' if mix else ''}": float(g["val_acc"].mean())
-                                          for (m, mix), g in base.groupby(["method", "mixup"])}
+            entry["baselines_val_acc"] = {
+                f"{m}{'+mixup' if mix else ''}{'' if bn or m not in ('crt', 'lws') else ' (BN eval)'}":
+                    float(g["val_acc"].mean())
+                for (m, mix, bn), g in base.groupby(["method", "mixup", base["shift_bn"].fillna(False)])}
+        ablation = sub[sub["variant"].notna() & (sub["status"] == schema.COMPLETE)] if len(sub) else sub
+        if len(ablation):
+            entry["ablation_test_acc"] = {str(v): float(g["test_acc"].mean()) for v, g in ablation.groupby("variant")}
         out["datasets"][d] = entry
     return out
 
@@ -95,6 +101,9 @@ def format_summary(summary: dict[str, Any]) -> str:
                          f"val ECE {e['table6_val_ece_mean']:.2f} %")
         for name, acc in e.get("baselines_val_acc", {}).items():
             lines.append(f"{d}: baseline {name}: val acc {acc:.2f} %")
+        if e.get("ablation_test_acc"):
+            lines.append(f"{d}: component ablation (test acc, mean over seeds): " + ", ".join(
+                f"{v} {a:.2f} %" for v, a in e["ablation_test_acc"].items()))
     if summary.get("group_size", 1) > 1:
         lines.append(f"Stage 2 grouped: up to {summary['group_size']} MiSLAS settings per Tune trial on one backbone "
                      f"pass per batch (each its own row and Optuna trial); scheduler {summary['scheduler']} "
@@ -105,6 +114,6 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"(Stage 1: {tm.get('stage1_trainings', 0)} training(s), {tm.get('stage1_train_s', 0.0):.1f} s; "
         f"Stage 2 + eval: {tm.get('stage2_trial_s', 0.0):.1f} trial-s)")
     lines.append(f"results: {summary['results']} (trials.parquet, epochs.parquet, classes.parquet, "
-                 f"reliability.parquet, summary.json); Optuna journal: {summary['optuna_journal']}")
+                 f"reliability.parquet, confidence.parquet, summary.json); Optuna journal: {summary['optuna_journal']}")
     lines.append("selection used the validation split only; test metrics are recorded, never used")
     return "\n".join(lines)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
-from pathlib import Path
-
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest

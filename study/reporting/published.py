@@ -5,7 +5,7 @@ Sources (all percentages; top-1 on the balanced test/eval set; ECE with 15 bins)
        (arXiv 2104.00466), supplementary Table 7 (ImageNet-LT, ResNet-50/101/152, 180 epochs);
   [T8] same, supplementary Table 8 (iNaturalist 2018, ResNet-50, 200 epochs);
   [T9] same, supplementary Table 9 (Places-LT, ImageNet-pretrained ResNet-152);
-  [M]  same paper's Stage-1 (mixup) and MiSLAS top-1 / ECE as restated in shared/method.md,
+  [M]  Stage-1 (mixup) and MiSLAS top-1 / ECE from the reference repository's README (dvlab-research/MiSLAS),
        "Published results". Stage 1 with mixup evaluated alone is our "CE+mixup" row.
 The supplementary text is shared/seeds/000_e241ac29309c9860.txt. Nothing here is computed.
 """
@@ -108,7 +108,7 @@ SOURCES = {
     "T7": "Zhong et al. 2021, suppl. Table 7 (ImageNet-LT)",
     "T8": "Zhong et al. 2021, suppl. Table 8 (iNaturalist 2018)",
     "T9": "Zhong et al. 2021, suppl. Table 9 (Places-LT)",
-    "M": "Zhong et al. 2021 (CVPR), Stage-1/MiSLAS top-1 and ECE as restated in shared/method.md",
+    "M": "the MiSLAS reference repository's README (dvlab-research/MiSLAS), Stage-1/MiSLAS top-1 and ECE",
 }
 
 

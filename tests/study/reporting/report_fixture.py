@@ -1,4 +1,4 @@
-"""A synthetic study in the documented Parquet schema (README.md (Results schema)), for report tests.
+"""A synthetic study in the documented Parquet schema (docs/results-schema.md), for report tests.
 
 Until a real smoke study's Parquet exists, this writes realistic tables with a seeded numpy RNG:
 several data sets (one with published figures: cifar10_lt, β=100, resnet32), several seeds,
