@@ -3,9 +3,11 @@
 ``on_trial_complete`` (complete or stopped early) and ``on_trial_error`` (failed after its
 retries) read each member's :class:`study.outcome.MemberOutcome` and tables from the trial's
 last checkpoint (folder ``g<k>/``, see study.trainable), build its row with
-:func:`study.outcome.trial_row` and write ``parts/<row id>/``, then refresh the union tables.
-A part is written once: a trial reported again after a resume leaves its rows untouched, and
-a group recorded in part before a crash gets only its missing members written.
+:func:`study.outcome.trial_row` and write ``parts/<row id>/``. The union tables are not
+touched here (rewriting them after every trial costs O(trials²)): the driver writes them when
+the study ends, and readers meanwhile read ``parts/`` (study.results). A part is written
+once: a trial reported again after a resume leaves its rows untouched, and a group recorded
+in part before a crash gets only its missing members written.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def error_text(trial: Any) -> str:
 
 
 class ResultsCallback(tune.Callback):
-    """Write each ended trial's members to ``<storage>/<name>/parts/<row id>/`` and refresh the unions."""
+    """Write each ended trial's members to ``<storage>/<name>/parts/<row id>/`` (the driver writes the unions)."""
 
     def __init__(self, ctx: RecordContext) -> None:
         self.ctx = ctx
@@ -100,7 +102,6 @@ class ResultsCallback(tune.Callback):
             wrote |= self._write(store, spec, k, mid, trial.trial_id, outcome, tables,
                                  last=member_result(last, k) or {}, error=error)
         if wrote:
-            results.rebuild_unions(store)
             if self.ctx.optuna_local and Path(self.ctx.optuna_local).exists():
                 store.upload(Path(self.ctx.optuna_local), "optuna.log")
         return wrote

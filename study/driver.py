@@ -19,7 +19,7 @@ from typing import Any
 from mislas.errors import UsageError
 from study import journal
 from study.settings import StudySettings
-from study.storage import Store
+from study.storage import LockHeld, StorageError, Store, StudyLock
 
 
 def make_searcher(s: StudySettings, storage: Any) -> Any:
@@ -73,8 +73,61 @@ def check_study_json(s: StudySettings, results: Store) -> dict[str, Any] | None:
     return saved
 
 
+def say(line: str) -> None:
+    print(f"[study] {line}", file=sys.stderr, flush=True)
+
+
+def journal_spec(s: StudySettings) -> journal.JournalSpec:
+    metrics = s.metric if isinstance(s.metric, list) else [s.metric]
+    modes = s.mode if isinstance(s.mode, list) else [s.mode]
+    return journal.JournalSpec(names={d: f"{s.name}:{d}" for d in s.spaces},
+                               directions=["maximize" if m == "max" else "minimize" for m in modes],
+                               metrics=metrics, spaces=dict(s.spaces))
+
+
+def check_resume(s: StudySettings, results: Store, local_cache: Path) -> None:
+    """Before Tune restores a study: set aside part files that do not read back (their rows
+    are written again) and check the Optuna journal, rebuilding a damaged one from the parts."""
+    from study import results as results_mod
+
+    tables, _ = results_mod.load_parts(results, set_aside=True, say=say)
+    spec = journal_spec(s)
+    if not spec.names:  # no MiSLAS search, no Optuna study
+        return
+    rows = tables["trials"].to_pylist()
+    metric = spec.metrics[0]
+    epochs: dict[str, list[tuple[int, float]]] = {}
+    if len(spec.metrics) == 1 and metric in tables["epochs"].column_names:
+        for e in tables["epochs"].select(["trial_id", "epoch", metric]).to_pylist():
+            epochs.setdefault(e["trial_id"], []).append((e["epoch"], e[metric]))
+    line = journal.check_and_repair(results, local_cache, spec, rows, epochs)
+    if line:
+        say(line)
+
+
 def run_study(s: StudySettings) -> int:
-    """Run (or resume) the study; returns the exit status."""
+    """Run (or resume) the study under its driver lock; returns the exit status."""
+    try:
+        storage = Store(s.storage)
+    except StorageError as exc:
+        raise UsageError(f"--storage: {exc}") from None
+    results = storage.child(s.name)
+    saved = check_study_json(s, results)
+    results.makedirs()
+    lock = StudyLock(results)
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        raise UsageError(f"--name {s.name}: {exc}") from None
+    try:
+        if (line := lock.describe_takeover()) is not None:
+            say(line)
+        return _run_locked(s, storage, results, saved)
+    finally:
+        lock.release()
+
+
+def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[str, Any] | None) -> int:
     import ray
     from ray import tune
 
@@ -85,16 +138,18 @@ def run_study(s: StudySettings) -> int:
     from study.trainable import TrialContext, run_trial, versions
 
     t_start = time.perf_counter()
-    storage = Store(s.storage)
-    results = storage.child(s.name)
-    saved = check_study_json(s, results)
-    results.makedirs()
     local_cache = Path(os.path.expanduser("~/.cache/mislas-study")) / s.name
     created = saved["created_at"] if saved else datetime.now(timezone.utc).isoformat()
     study_json = {"name": s.name, "identity": s.identity(), "created_at": created,
                   "spaces": {d: sp.source for d, sp in s.spaces.items()}, "storage": storage.uri(),
                   "results": results.uri()}
     results.write_bytes(json.dumps(study_json, indent=2).encode(), "study.json")
+    tune_path = results.uri("tune")
+    resuming = results.exists("tune") and tune.Tuner.can_restore(tune_path)
+    if resuming:
+        print(f"[study] resuming {s.name} from {tune_path}", file=sys.stderr, flush=True)
+        # remote results: fetch the journal the searcher writes to; any: nothing damaged is trusted
+        check_resume(s, results, local_cache)
 
     started_ray, ray_init_s = init_ray(s.address, s.num_cpus)
     try:
@@ -115,10 +170,7 @@ def run_study(s: StudySettings) -> int:
             versions=driver_versions, git_commit=commit,
             optuna_local=None if results.local else str(local_cache / journal.JOURNAL),
         )
-        tune_path = results.uri("tune")
-        if results.exists("tune") and tune.Tuner.can_restore(tune_path):
-            print(f"[study] resuming {s.name} from {tune_path}", file=sys.stderr, flush=True)
-            journal.open_journal(results, local_cache)  # remote results: fetch the journal the searcher writes to
+        if resuming:
             # Errored trials stay failed (their rows are written); unfinished ones continue
             # from their last checkpoint; finished ones are kept as they are.
             tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -148,12 +200,14 @@ def run_study(s: StudySettings) -> int:
         grid = tuner.fit()
         fit_s = time.perf_counter() - t_fit
         reconcile(grid, record_ctx)
-        results_mod.rebuild_unions(results)
-        journal.upload(results, local_cache)
+        results_mod.rebuild_unions(results, say=say)  # once, at the end (the callback writes only parts)
+        trials_table = results_mod.read_table(results, "trials.parquet")
+        journal.tell_finished(results, local_cache, journal_spec(s), trials_table.to_pylist())
         planned = s.planned_trials()
         if len(results_mod.complete_parts(results)) >= planned:  # only a finished study has orphans
             journal.close_orphans(results, local_cache, [f"{s.name}:{d}" for d in s.spaces])
-        trials = results_mod.read_table(results, "trials.parquet").to_pandas()
+        journal.upload(results, local_cache)
+        trials = trials_table.to_pandas()
         summary = summarize(s, trials, results_uri=results.uri(),
                             timings={"ray_init_s": ray_init_s, "fit_s": fit_s, "total_s": time.perf_counter() - t_start})
         results.write_bytes(json.dumps(summary, indent=2, default=str).encode(), "summary.json")

@@ -1,17 +1,48 @@
 """The study's Optuna journal (``optuna.log`` beside the results): where it lives, setting a
-stale one aside, uploading a local copy, closing trials a killed driver left RUNNING."""
+stale one aside, checking and rebuilding a damaged one, uploading a local copy, closing
+trials a killed driver left RUNNING.
+
+Nothing damaged is trusted. On a resume the journal is checked before Tune restores its
+searcher (which replays the file): it must exist, end with a whole record, hold only JSON
+records that replay, hold the study's Optuna studies, a trial for every finished MiSLAS row
+in ``parts/`` (same number, same ``ray_trial_id``), and every trial Tune's searcher state
+refers to. A journal that fails is set aside (``optuna.log.damaged-<stamp>``) and rebuilt:
+each study created again with its name and directions, and its trials added again in their
+order (``optuna.trial.create_trial``), so that the trial numbers the rows record and the
+trial ids the restored searcher holds mean the same trials as before:
+
+* a finished row (parts/) -> its params (the setting columns Optuna suggested; ``p`` only for
+  form ``exp``), values (the objectives' columns), state (complete -> COMPLETE,
+  stopped_early -> PRUNED, failed or an undefined value -> FAIL), user attrs (``ray_trial_id``,
+  ``seed``, ``is_paper_setting``, ``status``) and, for a single objective, the per-epoch values;
+* a trial Tune's searcher state (``tune/searcher-state-*.pkl``, Ray's own file) knows and
+  no row has yet (an unfinished Tune trial) -> RUNNING with the params it was given, told
+  when the trial ends;
+* a number neither knows (a trial a killed driver asked for and never ran) -> FAIL with
+  user attr ``status = orphaned``, as :func:`close_orphans` marks such trials.
+
+What cannot be rebuilt consistently stops the resume with one line (:class:`UsageError`).
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
-from collections.abc import Iterable
-from datetime import datetime, timezone
+import pickle
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from study.storage import Store
+from mislas.errors import UsageError
+from study.storage import Store, stamp
 
 JOURNAL = "optuna.log"
+STATES = {"complete": "COMPLETE", "stopped_early": "PRUNED", "failed": "FAIL"}
 
 
 def journal_path(results: Store, local_cache: Path) -> Path:
@@ -19,33 +50,40 @@ def journal_path(results: Store, local_cache: Path) -> Path:
     return results.local_path(JOURNAL) if results.local else local_cache / JOURNAL
 
 
+def fetch(results: Store, local_cache: Path) -> Path:
+    """:func:`journal_path`, downloaded first when the results are remote and there is no local copy."""
+    path = journal_path(results, local_cache)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not results.local and results.exists(JOURNAL) and not path.exists():
+        results.download(path, JOURNAL)
+    return path
+
+
 def open_journal(results: Store, local_cache: Path) -> Any:
     """A JournalStorage on :func:`journal_path` (fetched first when the results are remote)."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    path = journal_path(results, local_cache)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not results.local and results.exists(JOURNAL) and not path.exists():
-        results.download(path, JOURNAL)
-    return JournalStorage(JournalFileBackend(str(path)))
+    return JournalStorage(JournalFileBackend(str(fetch(results, local_cache))))
 
 
 def set_aside_stale(results: Store, local_cache: Path) -> None:
     """A journal without Tune state is from a driver killed before its first snapshot: its
     enqueued Table 6 points and asked trials would leak into this run, so it is set aside."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    _set_aside(results, local_cache, f".stale-{stamp()}")
+
+
+def _set_aside(results: Store, local_cache: Path, suffix: str) -> None:
     if results.local:
         path = results.local_path(JOURNAL)
         if path.exists():
-            os.replace(path, path.with_name(f"{JOURNAL}.stale-{stamp}"))
+            os.replace(path, path.with_name(JOURNAL + suffix))
         return
     cached = local_cache / JOURNAL
     if cached.exists():
-        os.replace(cached, cached.with_name(f"{JOURNAL}.stale-{stamp}"))
+        os.replace(cached, cached.with_name(JOURNAL + suffix))
     if results.exists(JOURNAL):
-        results.write_bytes(results.read_bytes(JOURNAL), f"{JOURNAL}.stale-{stamp}")
-        results.fs.delete_file(results.path(JOURNAL))
+        results.set_aside(suffix, JOURNAL)
 
 
 def upload(results: Store, local_cache: Path) -> None:
@@ -71,3 +109,362 @@ def close_orphans(results: Store, local_cache: Path, study_names: Iterable[str])
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             storage.set_trial_user_attr(t._trial_id, "status", "orphaned")
             study.tell(t.number, state=TrialState.FAIL)
+
+
+def tell_finished(results: Store, local_cache: Path, spec: JournalSpec, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Tell Optuna the end of every RUNNING trial whose row is written (as the searcher would
+    have): a row written again after its part was set aside, by the driver's reconcile step
+    rather than by a trial that reported, would otherwise stay RUNNING in a rebuilt journal.
+    Returns how many were told."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if not spec.names or not journal_path(results, local_cache).exists():
+        return 0
+    finished = {r["trial_id"]: r for r in rows if r.get("optuna_study") in set(spec.names.values())}
+    storage = open_journal(results, local_cache)
+    told = 0
+    with _quiet():
+        for name in spec.names.values():
+            try:
+                study = optuna.load_study(study_name=name, storage=storage)
+            except KeyError:
+                continue
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                row = finished.get(t.user_attrs.get("ray_trial_id"))
+                if row is None:
+                    continue
+                state, value_args = _outcome(row, spec, t.intermediate_values)
+                storage.set_trial_user_attr(t._trial_id, "status", row.get("status"))
+                study.tell(t.number, value_args.get("values"), state=state)
+                told += 1
+    return told
+
+
+# --- checking and rebuilding ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class JournalSpec:
+    """What a rebuild needs to know of the study."""
+
+    names: Mapping[str, str]  # data set -> Optuna study name (``<study>:<data set>``)
+    directions: Sequence[str]  # "maximize" / "minimize", one per objective
+    metrics: Sequence[str]  # the trials columns of the objectives (val_acc, val_ece)
+    spaces: Mapping[str, Any]  # data set -> study.space.SearchSpace (define-by-run: the distributions)
+
+
+@dataclass
+class Asked:
+    """One Optuna trial as Tune's searcher state holds it."""
+
+    trial_id: int  # the journal-wide id the restored searcher will use
+    study: str
+    number: int
+    params: dict[str, Any]
+    distributions: dict[str, Any]
+    user_attrs: dict[str, Any]
+    system_attrs: dict[str, Any]
+    intermediate_values: dict[int, float]
+    datetime_start: datetime | None
+
+
+@dataclass
+class SearcherState:
+    """The Optuna side of Tune's newest searcher snapshot."""
+
+    file: str  # its name under tune/
+    saved: Any = field(repr=False)  # the unpickled StudySearcher state
+    studies: dict[int, str] = field(default_factory=dict)  # study id -> name
+    trials: dict[int, Asked] = field(default_factory=dict)  # trial id -> trial
+    journal_files: set[str] = field(default_factory=set)  # where the restored searcher will write
+
+
+def read_searcher_state(results: Store) -> SearcherState | None:
+    """Tune's newest ``tune/searcher-state-*.pkl`` (study.search.StudySearcher's pickle), read
+    without touching the journal (optuna's JournalStorage replays only when used). None when
+    there is none or it is not a StudySearcher's."""
+    names = sorted(n for n in results.listdir("tune") if n.startswith("searcher-state-") and n.endswith(".pkl"))
+    if not names:
+        return None
+    try:
+        saved = pickle.loads(results.read_bytes("tune", names[-1]))  # noqa: S301 - this driver's own file
+        state = SearcherState(file=names[-1], saved=saved)
+        for searcher in saved["searchers"].values():
+            study = searcher._ot_study  # Ray's OptunaSearch keeps these private
+            state.studies[int(study._study_id)] = study.study_name
+            file_path = getattr(getattr(study._storage, "_backend", None), "_file_path", None)
+            if file_path:
+                state.journal_files.add(str(file_path))
+            for trial in searcher._ot_trials.values():
+                frozen = trial._cached_frozen_trial
+                state.trials[int(trial._trial_id)] = Asked(
+                    trial_id=int(trial._trial_id), study=study.study_name, number=int(frozen.number),
+                    params=dict(frozen.params), distributions=dict(frozen.distributions),
+                    user_attrs=dict(frozen.user_attrs), system_attrs=dict(frozen.system_attrs),
+                    intermediate_values=dict(frozen.intermediate_values), datetime_start=frozen.datetime_start)
+    except Exception:  # noqa: BLE001 - another searcher, another Ray: rebuild from the rows alone
+        return None
+    return state
+
+
+def _journal_storages(saved: Any) -> list[Any]:
+    found = []
+    for searcher in saved["searchers"].values():
+        for storage in (getattr(searcher, "_storage", None), getattr(searcher._ot_study, "_storage", None)):
+            if getattr(getattr(storage, "_backend", None), "_file_path", None) and storage not in found:
+                found.append(storage)
+    return found
+
+
+def retarget_searcher_state(results: Store, state: SearcherState, path: Path) -> None:
+    """Point the journal of Tune's searcher snapshot at ``path``, read from its start.
+
+    The pickled ``JournalFileBackend`` keeps the byte offsets of the records it has read; on a
+    rebuilt journal they fall mid-record (JSONDecodeError on every use), and a study folder
+    that was moved keeps the old path (the resumed searcher would write another folder's
+    journal). A fresh backend on ``path`` fixes both; the snapshot is rewritten atomically.
+    """
+    from optuna.storages.journal import JournalFileBackend
+
+    for storage in _journal_storages(state.saved):
+        storage._backend = JournalFileBackend(str(path))
+    results.write_bytes(pickle.dumps(state.saved), "tune", state.file)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    import optuna
+
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
+def _mislas_rows(rows: Iterable[Mapping[str, Any]], spec: JournalSpec) -> dict[tuple[str, int], Mapping[str, Any]]:
+    studies = set(spec.names.values())
+    return {(r["optuna_study"], int(r["optuna_trial_number"])): r for r in rows
+            if r.get("optuna_study") in studies and r.get("optuna_trial_number") is not None}
+
+
+def journal_problem(path: Path, spec: JournalSpec, rows: Iterable[Mapping[str, Any]],
+                    state: SearcherState | None = None) -> str | None:
+    """What is wrong with the journal at ``path`` (None: nothing)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if not path.exists():
+        return "is missing"
+    data = path.read_bytes()
+    if not data:
+        return "is empty"
+    if not data.endswith(b"\n"):
+        return "is truncated (its last record is incomplete)"
+    for n, line in enumerate(data.splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            return f"is unreadable (line {n}: {type(exc).__name__}: {exc})"
+        if not isinstance(record, dict) or "op_code" not in record:
+            return f"is unreadable (line {n} is not a journal record)"
+    try:
+        with _quiet():
+            storage = JournalStorage(JournalFileBackend(str(path)))
+            studies = {s.study_name: s for s in storage.get_all_studies()}
+            for name in spec.names.values():
+                if name not in studies:
+                    return f"lacks the Optuna study {name}"
+            trials = {name: {t.number: t for t in optuna.load_study(study_name=name, storage=storage).get_trials(
+                deepcopy=False)} for name in spec.names.values()}
+            count = sum(len(optuna.load_study(study_name=s, storage=storage).get_trials(deepcopy=False))
+                        for s in studies)
+    except Exception as exc:  # noqa: BLE001 - records that do not replay
+        return f"is unreadable ({type(exc).__name__}: {exc})"
+    for (name, number), row in sorted(_mislas_rows(rows, spec).items()):
+        t = trials[name].get(number)
+        if t is None or t.user_attrs.get("ray_trial_id") != row["trial_id"]:
+            return f"is truncated: it lacks trial {number} of {name} (row {row['trial_id']})"
+    if state is not None and state.trials and max(state.trials) >= count:
+        return f"is truncated: it lacks trial id {max(state.trials)}, which Tune's searcher state refers to"
+    return None
+
+
+def _distributions(space: Any, setting: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The params and distributions Optuna records for ``setting``: the space's define-by-run
+    replayed on an in-memory trial with the setting enqueued (``p`` only for form exp, fixed
+    knobs not at all, ε_K's range up to ε_1)."""
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({k: v for k, v in setting.items() if v is not None})
+    trial = study.ask()
+    space(trial)
+    return dict(trial.params), dict(trial.distributions)
+
+
+def _finite(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def _outcome(row: Mapping[str, Any], spec: JournalSpec, steps: Mapping[int, float]) -> tuple[Any, dict[str, Any]]:
+    """The Optuna state of a finished row and its value arguments (as the searcher told them)."""
+    from optuna.trial import TrialState
+
+    state = getattr(TrialState, STATES.get(str(row.get("status")), "FAIL"))
+    values = [row.get(m) for m in spec.metrics]
+    if state == TrialState.COMPLETE:
+        if all(_finite(v) for v in values):
+            return state, {"values": [float(v) for v in values if v is not None]}
+        return TrialState.FAIL, {}  # an undefined value: the searcher told FAIL
+    if state == TrialState.PRUNED and len(spec.metrics) == 1 and steps:
+        return state, {"value": steps[max(steps)]}  # as Optuna's tell(PRUNED) keeps the last step's value
+    return state, {}
+
+
+def _frozen(row: Mapping[str, Any] | None, asked: Asked | None, spec: JournalSpec, dataset: str,
+            epochs: Mapping[str, Sequence[tuple[int, float]]]) -> Any:
+    """The trial to add: from the finished row (and what the searcher knew), or RUNNING as asked,
+    or a FAIL placeholder (neither)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if row is None and asked is None:
+        return optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"status": "orphaned"})
+    params, dists = (asked.params, asked.distributions) if asked is not None else ({}, {})
+    user = dict(asked.user_attrs) if asked is not None else {}
+    system = dict(asked.system_attrs) if asked is not None else {}
+    steps = dict(asked.intermediate_values) if asked is not None else {}
+    if row is None:
+        assert asked is not None
+        trial = optuna.trial.create_trial(state=TrialState.RUNNING, params=params, distributions=dists,
+                                          user_attrs=user, system_attrs=system, intermediate_values=steps)
+        if asked.datetime_start is not None:
+            trial.datetime_start = asked.datetime_start
+        return trial
+    if not params:
+        setting = {k: row.get(k) for k in spec.spaces[dataset].describe()}
+        params, dists = _distributions(spec.spaces[dataset], setting)
+    user.update(ray_trial_id=row["trial_id"], seed=row.get("seed"), is_paper_setting=bool(row.get("is_paper_setting")),
+                status=row.get("status"))
+    if len(spec.metrics) == 1 and (row.get("group_size") or 1) == 1:
+        steps.update({int(e): float(v) for e, v in epochs.get(row["trial_id"], ()) if _finite(v)})
+    state, value_args = _outcome(row, spec, steps)
+    trial = optuna.trial.create_trial(state=state, params=params, distributions=dists, user_attrs=user,
+                                      system_attrs=system, intermediate_values=steps, **value_args)
+    if row.get("started_at") is not None:
+        trial.datetime_start = row["started_at"]
+    if row.get("finished_at") is not None:
+        trial.datetime_complete = row["finished_at"]
+    return trial
+
+
+def rebuild(path: Path, spec: JournalSpec, rows: Iterable[Mapping[str, Any]],
+            epochs: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+            state: SearcherState | None = None) -> dict[str, int]:
+    """Write a new journal at ``path`` (which must not exist) from the rows and the searcher
+    state; returns counts of the trials added by kind. Raises ValueError when the two disagree."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if path.exists():
+        raise ValueError(f"{path} exists")
+    epochs = epochs or {}
+    finished = _mislas_rows(rows, spec)
+    dataset_of = {name: d for d, name in spec.names.items()}
+    asked = dict(state.trials) if state is not None else {}
+    stray = sorted({a.study for a in asked.values()} - set(dataset_of))
+    if stray:
+        raise ValueError(f"Tune's searcher state holds trials of {', '.join(stray)}, which is not a study of this one")
+    order = [n for _, n in sorted((state.studies if state else {}).items()) if n in dataset_of]
+    order += [n for n in spec.names.values() if n not in order]
+    counts = {"finished": 0, "running": 0, "orphaned": 0}
+    directions = [optuna.study.StudyDirection.MAXIMIZE if d.startswith("max") else optuna.study.StudyDirection.MINIMIZE
+                  for d in spec.directions]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet():
+        storage = JournalStorage(JournalFileBackend(str(path)))
+        studies = {n: optuna.create_study(study_name=n, storage=storage, directions=directions) for n in order}
+        next_number = dict.fromkeys(order, 0)
+
+        def add(name: str) -> None:
+            number = next_number[name]
+            row = finished.get((name, number))
+            known = [a for a in asked.values() if a.study == name and a.number == number]
+            a = known[0] if known else None
+            if row is not None and a is not None and a.user_attrs.get("ray_trial_id") not in (None, row["trial_id"]):
+                raise ValueError(f"trial {number} of {name} is row {row['trial_id']} in parts/ but "
+                                 f"{a.user_attrs['ray_trial_id']} in Tune's searcher state")
+            studies[name].add_trial(_frozen(row, a, spec, dataset_of[name], epochs))
+            counts["finished" if row is not None else "running" if a is not None else "orphaned"] += 1
+            next_number[name] += 1
+
+        pending = sorted(asked.values(), key=lambda a: a.trial_id)
+        gid = 0
+        for i, a in enumerate(pending):
+            while gid < a.trial_id:  # a trial the snapshot never saw: whose number is missing?
+                later = {b.study: b.trial_id for b in reversed(pending[i:])}
+                missing = sorted((later[s], s) for s in later if next_number[s] < min(
+                    b.number for b in pending[i:] if b.study == s))
+                spare = [s for s in order if s not in later]
+                if missing:
+                    add(missing[0][1])
+                elif spare:
+                    add(spare[0])
+                else:
+                    raise ValueError(f"trial id {gid} fits no study of Tune's searcher state")
+                gid += 1
+            if next_number[a.study] != a.number:
+                raise ValueError(f"Tune's searcher state has trial {a.number} of {a.study} at id {a.trial_id}, "
+                                 f"where the rebuilt journal has trial {next_number[a.study]}")
+            add(a.study)
+            gid += 1
+        for name in order:  # rows Tune's snapshot predates, and the numbers between
+            last = max((n for s, n in finished if s == name), default=-1)
+            while next_number[name] <= last:
+                add(name)
+    return counts
+
+
+def check_and_repair(results: Store, local_cache: Path, spec: JournalSpec, rows: Sequence[Mapping[str, Any]],
+                     epochs: Mapping[str, Sequence[tuple[int, float]]] | None = None) -> str | None:
+    """On a resume: check the journal (:func:`journal_problem`) and, if it is damaged, set it
+    aside and rebuild it (:func:`rebuild`). Returns the one line to print (None: it was sound);
+    raises :class:`UsageError` with one line when it cannot be rebuilt."""
+    path = fetch(results, local_cache)
+    state = read_searcher_state(results)
+    moved = ""
+    if state is not None and state.journal_files and state.journal_files != {str(path)}:
+        moved = (f"; Tune's searcher state wrote the journal at {', '.join(sorted(state.journal_files))} "
+                 f"(was the study folder moved?): it now writes {path}")
+    problem = journal_problem(path, spec, rows, state)
+    if problem is None:
+        if moved and state is not None:
+            retarget_searcher_state(results, state, path)
+        return moved[2:] or None
+    where = results.uri(JOURNAL)
+    suffix = f".damaged-{stamp()}"
+    existed = path.exists() or results.exists(JOURNAL)
+    _set_aside(results, local_cache, suffix)
+    try:
+        counts = rebuild(path, spec, rows, epochs, state)
+    except Exception as exc:  # noqa: BLE001 - any reason: one line, the resume stops
+        bad = path.with_name(path.name + ".unfinished-rebuild")
+        if path.exists():
+            os.replace(path, bad)
+        raise UsageError(f"Optuna journal {where} {problem}, and it cannot be rebuilt from {results.uri('parts')} "
+                         f"and Tune's searcher state ({type(exc).__name__}: {exc}); it was set aside as "
+                         f"{JOURNAL}{suffix}: pick a new --name, or restore a sound {JOURNAL}") from None
+    upload(results, local_cache)
+    if state is not None:
+        retarget_searcher_state(results, state, path)
+    kept = f"set aside as {JOURNAL}{suffix}, " if existed else ""
+    orphaned = f" + {counts['orphaned']} never-run trials as FAIL (orphaned)" if counts["orphaned"] else ""
+    return (f"Optuna journal {where} {problem}: {kept}rebuilt from {counts['finished']} finished rows of "
+            f"{results.uri('parts')} + {counts['running']} unfinished trials of Tune's searcher state{orphaned}"
+            + moved)

@@ -1,25 +1,80 @@
-"""``python -m study.report <study dir> [--out DIR] [--formats html,md,tex]``: the study's report.
+"""``python -m study.report <study> [--out DIR] [--formats html,md,tex]``: the study's report.
 
-Reads only the study's Parquet tables, study.json and optuna.log (see README.md (Results schema)).
-Exit status 2 when the directory holds no study or a format is unknown.
+``<study>`` is the study's folder (``<storage>/<name>``) or a storage URI, as ``python -m
+study.run --storage`` takes them (``s3://bucket/studies/NAME``; ``gs://``, ``mock://`` through
+pyarrow's file systems). Reads only the study's Parquet tables (the union tables, or ``parts/``
+while they are missing or older than the parts), study.json and optuna.log (see
+docs/results-schema.md); writes nothing to the study. Exit status 2, with one line, when the
+location cannot be opened or holds no study, or a format is unknown; 1 when it cannot be read.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import posixpath
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from study.reporting import FORMATS, NoStudyError, ReportResult, UnknownFormatError, build_report
+from study.reporting import FORMATS, NoStudyError, ReportResult, UnknownFormatError
+from study.reporting import build as _build
+from study.reporting.compute import compute_tables
+from study.reporting.document import build_document
+from study.reporting.load import load_study
+from study.reporting.render_html import render_html
+from study.reporting.render_md import FIGURES_DIR, render_markdown
+from study.reporting.render_tex import render_tex
+from study.storage import StorageError, is_uri
 
 __all__ = ["ReportResult", "build_report", "main"]
 
 
+def build_report(study_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                 formats: Sequence[str] = FORMATS) -> ReportResult:
+    """:func:`study.reporting.build.build_report` for a folder or a storage URI."""
+    location = str(study_dir)
+    if not is_uri(location):
+        return _build.build_report(Path(location), Path(out_dir), formats)
+    # (build.build_report takes a Path, which would turn "s3://b/k" into "s3:/b/k")
+    wanted = _build.check_formats(formats)
+    tables = compute_tables(load_study(location))
+    document = build_document(tables)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    if "html" in wanted:
+        files.append(_write(out / "report.html", render_html(document)))
+    if "md" in wanted:
+        (out / FIGURES_DIR).mkdir(exist_ok=True)
+        for art in document.figures:
+            path = out / FIGURES_DIR / f"{art.name}.png"
+            path.write_bytes(art.png)
+            files.append(path)
+        files.append(_write(out / "report.md", render_markdown(document)))
+    if "tex" in wanted:
+        files.append(_write(out / "tables.tex", render_tex(document)))
+    return ReportResult(out, tuple(files), tables, document)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def default_out(location: str) -> Path:
+    """``<study>/report`` for a folder; ``./report-<name>`` for a URI (the report is written locally)."""
+    if is_uri(location):
+        return Path(f"report-{posixpath.basename(location.rstrip('/')) or 'study'}")
+    return Path(location) / "report"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.splitlines()[0])
-    parser.add_argument("study_dir", type=Path, help="the study's folder (<storage>/<name>, holding trials.parquet)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <study dir>/report)")
+    parser = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.splitlines()[0].replace("``", ""))
+    parser.add_argument("study_dir", help="the study's folder or storage URI (<storage>/<name>, as study.run's "
+                                          "--storage and --name), holding trials.parquet or parts/")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: <study dir>/report; for a URI ./report-<name>)")
     parser.add_argument("--formats", default=",".join(FORMATS),
                         help=f"comma-separated subset of {','.join(FORMATS)} (default: all)")
     return parser
@@ -29,12 +84,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = _parser().parse_args(argv)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    out = args.out if args.out is not None else args.study_dir / "report"
+    out = args.out if args.out is not None else default_out(args.study_dir)
     try:
         result = build_report(args.study_dir, out, formats)
-    except (NoStudyError, UnknownFormatError) as exc:
+    except (NoStudyError, UnknownFormatError, StorageError) as exc:
         print(f"study.report: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file that vanished, a store that stopped answering
+        print(f"study.report: cannot read {args.study_dir}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     for path in result.files:
         if path.suffix != ".png":
             print(path)

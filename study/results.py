@@ -1,31 +1,41 @@
 """The study's Parquet tables: row builders, per-trial parts and their unions (schemas: study.schema).
 
-Layout under ``<storage>/<name>/`` (documented in README.md (Results schema), kept in sync):
+Layout under ``<storage>/<name>/`` (docs/results-schema.md documents every column; a test keeps them in step):
 
-* ``parts/<trial_id>/{epochs,classes,reliability,trials}.parquet`` -- one finished trial's
+* ``parts/<row id>/{epochs,classes,reliability,confidence,trials}.parquet`` -- one ended row's
   rows, written when it ends. ``trials.parquet`` is written last and is the commit marker: a
   part without it is ignored (and rewritten). A part, once complete, is never rewritten, so
   rows written before a crash stay byte-for-byte unchanged.
-* ``trials.parquet``, ``epochs.parquet``, ``classes.parquet``, ``reliability.parquet`` -- the
-  union of the complete parts, rewritten atomically (temporary file + rename, or one PUT on
-  an object store) after each finished trial.
+* ``trials.parquet``, ``epochs.parquet``, ``classes.parquet``, ``reliability.parquet``,
+  ``confidence.parquet`` -- the union of the complete parts, written atomically (temporary
+  file + rename, or one PUT on an object store) when the study ends (and on a resume's
+  end), not after every trial: rewriting them per trial would cost O(trials²) reads. While
+  a study runs they are missing or older than ``parts/``; readers (a resume, the report) then
+  read ``parts/`` itself, as one ``pyarrow.dataset`` of the complete parts' files.
 
-Only the driver writes here, so there is a single writer.
+A part file that does not read back (a truncated Parquet file: no footer) is named in one
+line and set aside (renamed ``<file>.damaged-<stamp>``, its ``trials.parquet`` too), so the
+part is incomplete again and its row is written again from the trial's checkpoint.
+
+Only the driver writes here, so there is a single writer. Imports only pyarrow, numpy and
+study modules that do (no torch, Ray or ``mislas``): the report reads parts through it.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from mislas.atomic import write_atomic
 from study.schema import METRICS, PARTS, ROW_TABLES, SCHEMAS, TABLES, TRIALS_SCHEMA, conform, table
-from study.storage import Store
+from study.storage import Store, stamp, write_atomic
 
 __all__ = ["METRICS", "PARTS", "SCHEMAS", "TABLES", "table"]
 
@@ -118,6 +128,10 @@ def read_table(store: Store, *parts: str) -> pa.Table:
     return from_parquet_bytes(store.read_bytes(*parts))
 
 
+def _say(line: str) -> None:
+    print(f"[study] {line}", file=sys.stderr, flush=True)
+
+
 # --- parts and unions ----------------------------------------------------------------------
 
 def part_complete(store: Store, trial_id: str) -> bool:
@@ -141,8 +155,20 @@ def write_part(store: Store, trial_id: str, tables: Mapping[str, pa.Table]) -> b
     return True
 
 
-def complete_parts(store: Store) -> list[str]:
-    return [t for t in store.listdir(PARTS) if not t.startswith(".") and part_complete(store, t)]
+def part_files(store: Store) -> dict[str, dict[str, Any]]:
+    """``{row id: {file name: mtime or None}}`` under ``parts/``, from one recursive listing."""
+    out: dict[str, dict[str, Any]] = {}
+    for info in store.walk_files(PARTS):
+        rel = store.relative(info.path).split("/")
+        if len(rel) == 3 and not rel[1].startswith("."):
+            out.setdefault(rel[1], {})[rel[2]] = info.mtime
+    return out
+
+
+def complete_parts(store: Store, files: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    """The row ids whose part is complete (its ``trials.parquet`` written), sorted."""
+    files = part_files(store) if files is None else files
+    return sorted(t for t, names in files.items() if "trials.parquet" in names)
 
 
 def read_part(store: Store, trial_id: str, name: str) -> pa.Table:
@@ -151,15 +177,113 @@ def read_part(store: Store, trial_id: str, name: str) -> pa.Table:
     return conform(read_table(store, PARTS, trial_id, f"{name}.parquet"), name)
 
 
-def rebuild_unions(store: Store, names: Sequence[str] = TABLES) -> dict[str, int]:
-    """Rewrite the union tables from the complete parts; returns rows per table."""
-    ids = complete_parts(store)
-    counts = {}
+def _dataset_table(store: Store, name: str, paths: Sequence[str]) -> pa.Table:
+    """The files as one table of ``name``'s schema (columns added since a file was written: null)."""
+    if not paths:
+        return SCHEMAS[name].empty_table()
+    return ds.dataset(list(paths), schema=SCHEMAS[name], format="parquet", filesystem=store.fs).to_table()
+
+
+def _unreadable(store: Store, path: str) -> Exception | None:
+    """Why the Parquet file at ``path`` (on the store's fs) does not read back, or None. Its
+    bytes are fetched first: an I/O error (a store that does not answer) is raised, not taken
+    for a damaged file, so a network failure never sets good parts aside."""
+    with store.fs.open_input_stream(path) as fh:
+        data = fh.read()
+    try:
+        pq.read_table(io.BytesIO(data))
+    except Exception as exc:  # noqa: BLE001 - whatever the bytes do to the reader: damaged
+        return exc
+    return None
+
+
+def set_aside_part(store: Store, trial_id: str, bad: Mapping[str, Exception], present: Sequence[str],
+                   say: Callable[[str], None] = _say) -> None:
+    """Rename a part's unreadable files and its commit marker to ``.damaged-<stamp>``: the part
+    is incomplete again, so its row is written again (from the trial's checkpoint)."""
+    suffix = f".damaged-{stamp()}"
+    for file in sorted(set(bad) | ({"trials.parquet"} & set(present))):
+        store.set_aside(suffix, PARTS, trial_id, file)
+    first = sorted(bad)[0]
+    exc = bad[first]
+    say(f"part {store.uri(PARTS, trial_id, first)} does not read back ({type(exc).__name__}: "
+        f"{str(exc).splitlines()[0] if str(exc) else ''}): set aside as {first}{suffix}"
+        f"{' with ' + ', '.join(sorted(set(bad) - {first})) if len(bad) > 1 else ''}; "
+        f"row {trial_id} will be written again")
+
+
+def load_parts(store: Store, names: Sequence[str] = TABLES, *, set_aside: bool = True,
+               files: Mapping[str, Mapping[str, Any]] | None = None,
+               say: Callable[[str], None] = _say) -> tuple[dict[str, pa.Table], dict[str, dict[str, Exception]]]:
+    """The complete parts' tables, each read as one ``pyarrow.dataset``; and the damaged parts.
+
+    A part with a file that does not read back is left out of every table (its rows belong
+    together) and, with ``set_aside`` (the driver), renamed by :func:`set_aside_part`; without
+    it (the report, a reader) only reported back. Returns ``({table: rows}, {row id: {file: error}})``.
+    """
+    files = part_files(store) if files is None else files
+    ids = complete_parts(store, files)
+    tables: dict[str, pa.Table] = {}
+    damaged: dict[str, dict[str, Exception]] = {}
     for name in names:
-        tables = [read_part(store, t, name) for t in ids]
-        tbl = pa.concat_tables(tables) if tables else SCHEMAS[name].empty_table()
-        if name == "trials" and tbl.num_rows:
-            tbl = tbl.sort_by([("started_at", "ascending"), ("trial_id", "ascending")])
-        write_table(store, tbl, f"{name}.parquet")
-        counts[name] = tbl.num_rows
-    return counts
+        file = f"{name}.parquet"
+        paths = {store.path(PARTS, t, file): t for t in ids if file in files[t]}
+        try:
+            tables[name] = _dataset_table(store, name, list(paths))
+        except (pa.ArrowException, OSError, ValueError):
+            found = False
+            for path, t in paths.items():  # find which files: read each alone
+                exc = _unreadable(store, path)
+                if exc is not None:
+                    damaged.setdefault(t, {})[file] = exc
+                    found = True
+            if not found:
+                raise  # not a file's content: an I/O problem
+            tables[name] = _dataset_table(store, name, [p for p, t in paths.items() if t not in damaged])
+    if damaged:
+        for t, bad in sorted(damaged.items()):
+            if set_aside:
+                set_aside_part(store, t, bad, list(files[t]), say)
+        drop = pa.array(sorted(damaged), pa.string())
+        for name, tbl in tables.items():
+            if tbl.num_rows:
+                tables[name] = tbl.filter(pc.invert(pc.is_in(tbl["trial_id"], value_set=drop)))
+    if "trials" in tables and tables["trials"].num_rows:
+        tables["trials"] = tables["trials"].sort_by([("started_at", "ascending"), ("trial_id", "ascending")])
+    return tables, damaged
+
+
+def check_parts(store: Store, say: Callable[[str], None] = _say) -> list[str]:
+    """Set aside every complete part with a file that does not read back (a resume does this
+    before Tune restores its trials); returns their row ids."""
+    _, damaged = load_parts(store, set_aside=True, say=say)
+    return sorted(damaged)
+
+
+def rebuild_unions(store: Store, names: Sequence[str] = TABLES, say: Callable[[str], None] = _say) -> dict[str, int]:
+    """Write the union tables from the complete parts (read as one dataset per table);
+    returns rows per table. Damaged parts are set aside (see :func:`load_parts`)."""
+    tables, _ = load_parts(store, names, set_aside=True, say=say)
+    for name in names:
+        write_table(store, tables[name], f"{name}.parquet")
+    return {name: tables[name].num_rows for name in names}
+
+
+def unions_current(store: Store, files: Mapping[str, Mapping[str, Any]] | None = None) -> bool:
+    """Whether the union tables hold exactly the complete parts: every union file present,
+    ``trials.parquet`` has the complete parts' row ids, and (where the file system keeps
+    times) is no older than any part's ``trials.parquet``."""
+    if not all(store.exists(f"{name}.parquet") for name in TABLES):
+        return False
+    files = part_files(store) if files is None else files
+    ids = complete_parts(store, files)
+    try:
+        with store.fs.open_input_file(store.path("trials.parquet")) as fh:
+            union_ids = pq.read_table(fh, columns=["trial_id"])["trial_id"].to_pylist()
+    except (pa.ArrowException, OSError, ValueError, KeyError):
+        return False
+    if sorted(union_ids) != ids:
+        return False
+    written = store.mtime("trials.parquet")
+    newest = [m for t in ids if (m := files[t].get("trials.parquet")) is not None]
+    return written is None or not newest or max(newest) <= written

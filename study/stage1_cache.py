@@ -8,7 +8,13 @@ mixup on/off and α, ...), the training seed, the batch pipeline and the mislas 
 * ``metrics.json``  the Stage-1 model's own val/test summary
 * ``key.json``      the inputs of the key, readable
 * ``trainings.jsonl`` one line per time this entry was trained (host, pid, wall time)
-* ``done.json``     written last: the entry is complete
+* ``done.json``     written last: the entry is complete; holds the sha256 and size of ``stage1.pt``
+
+Nothing damaged is trusted: an entry is reused only if its ``stage1.pt`` matches the sha256
+in ``done.json`` (checked once per process and file; a truncated or altered file fails). An
+entry that fails is named in one line, its ``stage1.pt`` and ``done.json`` are set aside
+(renamed ``.damaged-<stamp>``) and it is trained again. Entries written before the sha256
+was recorded are reused unchecked (their checkpoint is still checked when loaded).
 
 Concurrency: on a local or NFS folder the entry's ``.lock`` (``filelock``) serialises the
 trainers, so a trial that needs a Stage 1 another trial is training waits for it and then
@@ -25,6 +31,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -36,12 +43,46 @@ from typing import Any
 from filelock import FileLock
 
 from mislas.config import RunConfig
-from study.storage import Store
+from study.storage import Store, stamp
 
 CHECKPOINT = "stage1.pt"
 DONE = "done.json"
 HISTORY = "trainings.jsonl"
 TrainFn = Callable[[Path], Mapping[str, Any]]
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, checked in this process
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder/stage1.pt`` does not match ``folder/done.json`` (None: it does, or done.json
+    predates the sha256)."""
+    try:
+        done = json.loads((folder / DONE).read_text())
+    except (OSError, ValueError) as exc:
+        return f"{DONE} does not read back ({type(exc).__name__})"
+    want = done.get("sha256") if isinstance(done, dict) else None
+    if want is None:
+        return None
+    path = folder / CHECKPOINT
+    try:
+        st = path.stat()
+    except OSError:
+        return f"{CHECKPOINT} is missing"
+    if done.get("size") is not None and st.st_size != done["size"]:
+        return f"{CHECKPOINT} has {st.st_size} bytes, {DONE} recorded {done['size']}"
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    got = _VERIFIED.get(key) or file_sha256(path)
+    if got != want:
+        return f"{CHECKPOINT} does not match the sha256 in {DONE}"
+    _VERIFIED[key] = got
+    return None
 
 
 def stage1_key(data_fingerprint: str, cfg: RunConfig) -> tuple[str, dict[str, Any]]:
@@ -106,17 +147,22 @@ class Stage1Cache:
         """The entry for ``key``; ``train(folder)`` must write ``folder/stage1.pt`` and return metrics."""
         local = self.entry_dir(key)
         local.mkdir(parents=True, exist_ok=True)
-        if self.store.local and (local / DONE).exists():  # fast path, no lock
+        if self.store.local and (local / DONE).exists() and checkpoint_problem(local) is None:  # fast path, no lock
             return self._entry(key, local, trained=False, wait_s=0.0, train_s=0.0)
         t0 = time.perf_counter()
         with FileLock(str(local / ".lock"), timeout=self.lock_timeout):
             wait_s = time.perf_counter() - t0
             if (local / DONE).exists():
-                return self._entry(key, local, trained=False, wait_s=wait_s, train_s=0.0)
+                if (problem := checkpoint_problem(local)) is None:
+                    return self._entry(key, local, trained=False, wait_s=wait_s, train_s=0.0)
+                # on an object store only this node's copy is set aside: the stored one may be whole
+                self._set_aside(key, local, problem, stored=self.store.local)
             if not self.store.local and self.is_done(key):
                 for name in (CHECKPOINT, "metrics.json", DONE):
                     self.store.download(local / name, key, name)
-                return self._entry(key, local, trained=False, wait_s=wait_s, train_s=0.0)
+                if (problem := checkpoint_problem(local)) is None:
+                    return self._entry(key, local, trained=False, wait_s=wait_s, train_s=0.0)
+                self._set_aside(key, local, problem, stored=True)
             started = datetime.now(timezone.utc).isoformat()
             t1 = time.perf_counter()
             metrics = dict(train(local))
@@ -126,6 +172,23 @@ class Stage1Cache:
             record = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": started, "wall_s": train_s}
             self._publish(key, local, inputs, metrics, record)
             return self._entry(key, local, trained=True, wait_s=wait_s, train_s=train_s)
+
+    def _set_aside(self, key: str, local: Path, problem: str, *, stored: bool) -> None:
+        """A finished entry that does not read back: rename its checkpoint and done.json (this
+        node's copy; with ``stored``, the store's too) so that it is fetched or trained again;
+        one line says so."""
+        suffix = f".damaged-{stamp()}"
+        for name in (CHECKPOINT, DONE):
+            if (local / name).exists():
+                os.replace(local / name, local / f"{name}{suffix}")
+        if stored and not self.store.local:
+            for name in (CHECKPOINT, DONE):
+                if self.store.exists(key, name):
+                    self.store.set_aside(suffix, key, name)
+        where = self.store.uri(key) if stored else str(local)
+        then = "training it again" if stored else "fetching it again"
+        print(f"[study] Stage-1 cache entry {where}: {problem} (truncated or damaged); set aside as "
+              f"{CHECKPOINT}{suffix}, {then}", file=sys.stderr, flush=True)
 
     def _publish(self, key: str, local: Path, inputs: Mapping[str, Any], metrics: Mapping[str, Any],
                  record: Mapping[str, Any]) -> None:
@@ -138,7 +201,9 @@ class Stage1Cache:
         self.store.write_bytes(json.dumps(dict(metrics), indent=2).encode(), key, "metrics.json")
         self.store.write_bytes(json.dumps(dict(inputs), indent=2, sort_keys=True).encode(), key, "key.json")
         self.store.write_bytes(history, key, HISTORY)
-        done = json.dumps({"key": key, **dict(record), "finished_at": datetime.now(timezone.utc).isoformat()}).encode()
+        checkpoint = local / CHECKPOINT
+        done = json.dumps({"key": key, **dict(record), "finished_at": datetime.now(timezone.utc).isoformat(),
+                           "sha256": file_sha256(checkpoint), "size": checkpoint.stat().st_size}).encode()
         self.store.write_bytes(done, key, DONE)
         if not self.store.local:
             (local / "metrics.json").write_text(json.dumps(dict(metrics)))

@@ -1,12 +1,23 @@
-"""Read a study directory: the Parquet tables, study.json and (optionally) the Optuna journal.
+"""Read a study: the Parquet tables, study.json and (optionally) the Optuna journal.
 
-Only pandas/pyarrow and optuna are used, so a report can be made on a laptop from a copied
-results folder. Missing optional files become empty tables plus a note in the report.
+The study is a folder or a storage URI, as ``python -m study.run --storage`` takes them
+(``s3://…``, ``gs://…``, ``mock://…`` through pyarrow's file systems, :class:`study.storage.Store`).
+The union tables are read when they hold exactly the complete parts; while a study runs (the
+driver writes them when it ends) or after a crash they are missing or older than ``parts/``,
+and the report reads ``parts/`` itself, as one ``pyarrow.dataset`` per table (a part that does
+not read back is left out, with a note). Nothing is written to the study.
+
+Only pandas/pyarrow, optuna and torch-free study modules are used (no torch, Ray or
+``mislas``), so a report can be made on a laptop from a copied results folder. Missing
+optional files become empty tables plus a note in the report.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import posixpath
 import shutil
 import tempfile
 import warnings
@@ -20,7 +31,8 @@ import pandas as pd
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from study import schema
+from study import results, schema
+from study.storage import Store
 
 TRIALS_FILE = "trials.parquet"
 
@@ -77,18 +89,38 @@ class StudyData:
     notes: tuple[str, ...]
 
 
-def _read_table(path: Path, columns: tuple[str, ...], notes: list[str]) -> pd.DataFrame:
-    """A Parquet table with at least ``columns``; empty (with a note) if the file is absent."""
-    if not path.is_file():
-        notes.append(f"{path.name} not found: the sections that need it are left out.")
-        return pd.DataFrame({name: pd.Series(dtype=object) for name in columns})
-    frame = pd.read_parquet(path)
+def _with_columns(frame: pd.DataFrame, file: str, columns: tuple[str, ...], notes: list[str]) -> pd.DataFrame:
     absent = [name for name in columns if name not in frame.columns]
     if absent:
-        notes.append(f"{path.name} lacks columns {', '.join(absent)} (treated as null).")
+        notes.append(f"{file} lacks columns {', '.join(absent)} (treated as null).")
     for name in absent:
         frame[name] = None
     return frame
+
+
+def _read_table(store: Store, file: str, columns: tuple[str, ...], notes: list[str]) -> pd.DataFrame:
+    """A Parquet table with at least ``columns``; empty (with a note) if the file is absent."""
+    if not store.exists(file):
+        notes.append(f"{file} not found: the sections that need it are left out.")
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in columns})
+    return _with_columns(pd.read_parquet(io.BytesIO(store.read_bytes(file))), file, columns, notes)
+
+
+def _read_tables(store: Store, notes: list[str]) -> dict[str, pd.DataFrame]:
+    """The five tables: the unions if they are current (or there are no parts), else ``parts/``."""
+    files = results.part_files(store)
+    ids = results.complete_parts(store, files)
+    wanted = {name: schema.columns(name) for name in schema.TABLES}
+    if not ids or results.unions_current(store, files):
+        return {name: _read_table(store, f"{name}.parquet", cols, notes) for name, cols in wanted.items()}
+    tables, damaged = results.load_parts(store, set_aside=False)
+    state = "older than" if store.exists(TRIALS_FILE) else "missing beside"
+    notes.append(f"The union tables are {state} {len(ids)} complete parts: read from parts/ (a study still "
+                 f"running, or one whose driver ended before writing them).")
+    for trial_id, bad in sorted(damaged.items()):
+        notes.append(f"Part {trial_id} left out: {', '.join(sorted(bad))} does not read back.")
+    return {name: _with_columns(tables[name].to_pandas(), f"parts/*/{name}.parquet", cols, notes)
+            for name, cols in wanted.items()}
 
 
 def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
@@ -106,24 +138,23 @@ def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _read_settings(root: Path, notes: list[str]) -> dict[str, object]:
-    path = root / "study.json"
-    if not path.is_file():
+def _read_settings(store: Store, notes: list[str]) -> dict[str, object]:
+    if not store.exists("study.json"):
         notes.append("study.json not found: study settings unknown.")
         return {}
     try:
-        loaded = json.loads(path.read_text())
+        loaded = json.loads(store.read_bytes("study.json"))
     except (OSError, ValueError) as exc:
         notes.append(f"study.json could not be read ({exc}).")
         return {}
     return loaded if isinstance(loaded, dict) else {"settings": loaded}
 
 
-def _study_name(root: Path, settings: dict[str, object], trials: pd.DataFrame) -> str:
+def _study_name(store: Store, settings: dict[str, object], trials: pd.DataFrame) -> str:
     if isinstance(settings.get("name"), str):
         return str(settings["name"])
     names = trials["study"].dropna().unique() if "study" in trials else []
-    return str(names[0]) if len(names) == 1 else root.resolve().name
+    return str(names[0]) if len(names) == 1 else posixpath.basename(store.uri().rstrip("/"))
 
 
 def _params_text(params: dict[str, object]) -> str:
@@ -147,16 +178,16 @@ def _in_memory_copy(study: optuna.Study) -> optuna.Study:
     return copy
 
 
-def load_optuna(root: Path) -> OptunaInfo:
+def load_optuna(root: Path | str | Store) -> OptunaInfo:
     """Open every study in ``optuna.log``, read-only: a copy of the file is opened, so the live
-    study's lock is never taken and a read-only results folder works."""
-    path = root / "optuna.log"
-    if not path.is_file():
+    study's lock is never taken and a read-only results folder (or an object store) works."""
+    store = root if isinstance(root, Store) else Store(root)
+    if not store.exists("optuna.log"):
         return OptunaInfo({}, "optuna.log not found")
     tmp = Path(tempfile.mkdtemp(prefix="study-report-"))
     try:
         copy = tmp / "optuna.log"
-        shutil.copyfile(path, copy)
+        copy.write_bytes(store.read_bytes("optuna.log"))
         with quiet_optuna():
             storage = JournalStorage(JournalFileBackend(str(copy)))
             names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
@@ -175,25 +206,27 @@ def load_optuna(root: Path) -> OptunaInfo:
     return OptunaInfo(studies, "", _running_frame(studies), states)
 
 
-def load_study(root: Path) -> StudyData:
-    """Load a study directory; :class:`NoStudyError` when it holds no ``trials.parquet``."""
-    root = Path(root)
-    if not (root / TRIALS_FILE).is_file():
-        raise NoStudyError(f"no study in {root}: expected {TRIALS_FILE} under {root}")
+def load_study(root: Path | str | os.PathLike[str] | Store) -> StudyData:
+    """Load a study (a folder, a storage URI or a :class:`Store`); :class:`NoStudyError` when it
+    holds neither ``trials.parquet`` nor a complete part. A URI that cannot be opened raises
+    :class:`study.storage.StorageError`."""
+    store = root if isinstance(root, Store) else Store(root)
+    if not store.exists(TRIALS_FILE) and not results.complete_parts(store):
+        where = store.uri()
+        raise NoStudyError(f"no study in {where}: expected {TRIALS_FILE} (or parts/*/{TRIALS_FILE}) under {where}")
     notes: list[str] = []
-    settings = _read_settings(root, notes)
-    trials = _normalise_trials(_read_table(root / TRIALS_FILE, TRIAL_COLUMNS, notes))
-    name = _study_name(root, settings, trials)
-    info = load_optuna(root)
+    settings = _read_settings(store, notes)
+    tables = _read_tables(store, notes)
+    trials = _normalise_trials(tables["trials"])
     return StudyData(
-        root=root,
-        name=name,
+        root=Path(store.root) if store.local else Path(store.uri()),
+        name=_study_name(store, settings, trials),
         settings=settings,
         trials=trials,
-        epochs=_read_table(root / "epochs.parquet", EPOCH_COLUMNS, notes),
-        classes=_read_table(root / "classes.parquet", CLASS_COLUMNS, notes),
-        reliability=_read_table(root / "reliability.parquet", RELIABILITY_COLUMNS, notes),
-        confidence=_read_table(root / "confidence.parquet", CONFIDENCE_COLUMNS, notes),
-        optuna=info,
+        epochs=tables["epochs"],
+        classes=tables["classes"],
+        reliability=tables["reliability"],
+        confidence=tables["confidence"],
+        optuna=load_optuna(store),
         notes=tuple(notes),
     )

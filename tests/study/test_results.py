@@ -1,7 +1,9 @@
-"""Parquet schema, parts written once, unions rebuilt atomically; storage on a folder and an object store."""
+"""Parquet schema, parts written once, parts read as one dataset, unions rebuilt atomically; storage on a
+folder and an object store."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,15 +49,19 @@ def test_rows_follow_the_schema() -> None:
 
 @pytest.mark.parametrize("location", ["local", "mock"])
 def test_parts_written_once_and_unions_rebuilt(tmp_path: Path, location: str) -> None:
-    store = Store(str(tmp_path / "study")) if location == "local" else Store("mock:///bucket/study")
+    store = Store(str(tmp_path / "study")) if location == "local" else Store(f"mock:///{uuid.uuid4().hex}/study")
     assert results.write_part(store, "a", part("a", 10.0))
     first = store.read_bytes("parts", "a", "trials.parquet")
     assert not results.write_part(store, "a", part("a", 99.0))  # a finished trial's rows never change
     assert store.read_bytes("parts", "a", "trials.parquet") == first
     store.write_bytes(b"partial", "parts", "b", "epochs.parquet")  # crashed mid-part: no trials.parquet
     assert results.write_part(store, "c", part("c", 20.0))
+    assert not results.unions_current(store)  # parts only, no unions yet
     counts = results.rebuild_unions(store)
     assert counts == {"trials": 2, "epochs": 2, "classes": 6, "reliability": 4, "confidence": 0}
+    assert results.unions_current(store)
+    assert results.write_part(store, "d", part("d", 30.0))
+    assert not results.unions_current(store)  # a part the unions do not hold yet
     trials = results.read_table(store, "trials.parquet").to_pylist()
     assert [t["trial_id"] for t in trials] == ["a", "c"] and trials[0]["val_acc"] == 10.0
     if location == "local":
@@ -68,10 +74,46 @@ def test_store_paths(tmp_path: Path) -> None:
     local = Store(str(tmp_path / "x"))
     assert local.local and local.uri("a", "b") == str(tmp_path / "x" / "a" / "b")
     assert Store(f"file://{tmp_path}").local
-    remote = Store("mock:///bucket/root")
-    assert not remote.local and remote.uri("a") == "mock:///bucket/root/a"
+    bucket = uuid.uuid4().hex
+    remote = Store(f"mock:///{bucket}/root")
+    assert not remote.local and remote.uri("a") == f"mock:///{bucket}/root/a"
     remote.write_bytes(b"1", "d", "f.bin")
     assert remote.exists("d", "f.bin") and remote.listdir("d") == ["f.bin"] and remote.listdir("nope") == []
+    # mock:// URIs share one file system per process, as s3:// URIs share a bucket; child() keeps it
+    assert Store(f"mock:///{bucket}/root/d").exists("f.bin") and remote.child("d").exists("f.bin")
+
+
+def test_parts_read_as_one_dataset_with_older_parts_and_a_damaged_one(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "study"))
+    results.write_part(store, "new", part("new", 10.0))
+    # a part written before the confidence table and the val_brier column existed
+    old = part("old", 20.0)
+    old["trials"] = old["trials"].drop_columns(["val_brier"])
+    for name in ("epochs", "classes", "reliability"):
+        results.write_table(store, old[name], "parts", "old", f"{name}.parquet")
+    results.write_table(store, old["trials"], "parts", "old", "trials.parquet")
+    results.write_part(store, "bad", part("bad", 30.0))
+    full = store.read_bytes("parts", "bad", "epochs.parquet")
+    (tmp_path / "study" / "parts" / "bad" / "epochs.parquet").write_bytes(full[: len(full) // 2])  # truncated
+
+    said: list[str] = []
+    tables, damaged = results.load_parts(store, set_aside=False, say=said.append)  # a reader: reports only
+    assert set(damaged) == {"bad"} and set(damaged["bad"]) == {"epochs.parquet"} and not said
+    assert sorted(tables["trials"]["trial_id"].to_pylist()) == ["new", "old"]  # the damaged part's rows left out
+    assert tables["trials"].schema == results.TRIALS_SCHEMA
+    row = {r["trial_id"]: r for r in tables["trials"].to_pylist()}["old"]
+    assert row["val_brier"] is None and row["val_acc"] == 20.0  # a column added since: null
+    assert tables["confidence"].num_rows == 0 and tables["epochs"].num_rows == 2
+    assert store.exists("parts", "bad", "trials.parquet")  # nothing renamed by a reader
+
+    assert results.check_parts(store, say=said.append) == ["bad"]  # the driver: set aside, one line
+    assert len(said) == 1 and "parts/bad/epochs.parquet does not read back" in said[0] and "ArrowInvalid" in said[0]
+    assert results.complete_parts(store) == ["new", "old"]  # incomplete again: written again from its checkpoint
+    names = sorted(p.name for p in (tmp_path / "study" / "parts" / "bad").iterdir())
+    assert [n.split(".damaged-")[0] for n in names if ".damaged-" in n] == ["epochs.parquet", "trials.parquet"]
+    assert results.write_part(store, "bad", part("bad", 30.0))  # the row written again
+    assert results.rebuild_unions(store)["trials"] == 3
+    assert pq.read_table(tmp_path / "study" / "epochs.parquet").num_rows == 3
 
 
 class EndedTrial:
@@ -102,7 +144,10 @@ def test_callback_writes_ended_trials_and_leaves_interrupted_ones(tmp_path: Path
     assert not callback.record(interrupted, error=None) and not callback.record(never_ran, error=None)
     assert callback.record(stopped, error=None)
     assert callback.record(EndedTrial("bad", {}), error="RuntimeError: boom")
-    rows = {r["trial_id"]: r for r in results.read_table(Store(str(tmp_path / "s")), "trials.parquet").to_pylist()}
+    store = Store(str(tmp_path / "s"))
+    assert not store.exists("trials.parquet")  # the callback writes parts only; the driver writes the unions
+    tables, _ = results.load_parts(store)
+    rows = {r["trial_id"]: r for r in tables["trials"].to_pylist()}
     assert set(rows) == {"asha", "bad"}
     asha = rows["asha"]
     assert (asha["status"], asha["epochs_run"], asha["epochs_planned"], asha["val_acc"]) == (

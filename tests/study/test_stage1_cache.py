@@ -6,6 +6,7 @@ import json
 import multiprocessing as mp
 import threading
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -102,10 +103,10 @@ def test_a_failed_training_leaves_no_entry_and_is_retried(tmp_path: Path) -> Non
 
 def test_object_store_uploads_once_and_other_nodes_download(tmp_path: Path) -> None:
     calls = tmp_path / "calls"
-    node_a = Stage1Cache("mock:///bucket/stage1", local_dir=tmp_path / "node-a")
-    node_b = Stage1Cache("mock:///bucket/stage1", local_dir=tmp_path / "node-b")
-    # mock:// is one in-memory file system per Store; share node A's with node B
-    node_b.store.fs = node_a.store.fs
+    bucket = f"mock:///{uuid.uuid4().hex}/stage1"
+    node_a = Stage1Cache(bucket, local_dir=tmp_path / "node-a")
+    node_b = Stage1Cache(bucket, local_dir=tmp_path / "node-b")
+    assert node_b.store.fs is node_a.store.fs  # mock:// is one in-memory file system per process, as a bucket
     first = node_a.get_or_train(KEY, {"k": 1}, slow_train(calls, 0.0))
     second = node_b.get_or_train(KEY, {"k": 1}, slow_train(calls, 0.0))
     assert first.trained and not second.trained
