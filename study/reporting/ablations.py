@@ -45,13 +45,16 @@ def _levels(values: pd.Series) -> tuple[pd.Series, tuple[str, ...], bool]:
     """Exact values as levels when few, else equal-width bins; returns (labels per row, order, binned)."""
     rounded = values.round(6)
     on_grid = bool((rounded == rounded.round(3)).all())  # sampled with a step, not continuous
-    if on_grid and rounded.nunique() <= MAX_EXACT_LEVELS:
+    if (on_grid and rounded.nunique() <= MAX_EXACT_LEVELS) or rounded.nunique() <= 1:
         order = sorted(rounded.unique())
-        names = {v: f"{v:g}" for v in order}
+        names = {v: f"{v:.6g}" for v in order}
         return rounded.map(names), tuple(names[v] for v in order), False
     cut = pd.cut(rounded, bins=HEATMAP_BINS, include_lowest=True)
     low = float(rounded.min())  # pd.cut widens the first edge a little below the data
-    labels = [f"{max(iv.left, low):.3g}–{iv.right:.3g}" for iv in cut.cat.categories]
+    for digits in range(3, 10):  # narrow ranges need more digits for distinct labels
+        labels = [f"{max(iv.left, low):.{digits}g}–{iv.right:.{digits}g}" for iv in cut.cat.categories]
+        if len(set(labels)) == len(labels):
+            break
     mapped = cut.cat.rename_categories(labels).astype(str)
     return mapped, tuple(labels), True
 

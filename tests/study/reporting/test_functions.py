@@ -58,3 +58,27 @@ def test_optuna_studies_are_found_per_data_set():
     assert studies_for(named, info, "s", "cifar10_lt") == [b]  # the rows say which study
     assert studies_for(pd.DataFrame({"x": [1]}), info, "s", "cifar10_lt") == [a]  # NAME:dataset
     assert studies_for(pd.DataFrame({"x": [1]}), info, "s", "inat2018") == []
+
+
+def test_heatmap_levels_of_one_value_or_a_narrow_range_are_distinct() -> None:
+    """One complete trial off the step grid, or ε values closer than 3 significant digits, still bin."""
+    import pandas as pd
+
+    from study.reporting.ablations import _levels
+
+    labels, order, binned = _levels(pd.Series([0.0113]))
+    assert list(labels) == ["0.0113"] and order == ("0.0113",) and not binned
+    narrow = pd.Series([0.30001, 0.30002, 0.30003, 0.30004, 0.30005, 0.300061, 0.300072])
+    labels, order, binned = _levels(narrow)
+    assert binned and len(set(order)) == len(order) and set(labels) <= set(order)
+
+
+@pytest.mark.parametrize(("form", "p"), FORMS)
+def test_report_copy_equals_the_library(form, p):
+    """The report keeps a numpy copy of mislas.las.related_function (it may not import torch or
+    mislas); this keeps the two equal."""
+    from mislas.las import related_function as library
+
+    ours = related_function(COUNTS, 0.4, 0.1, form, p)
+    theirs = np.asarray(library(COUNTS, 0.4, 0.1, form=form, p=p), dtype=float)
+    assert np.allclose(ours, theirs, rtol=1e-6, atol=1e-7)
