@@ -151,8 +151,14 @@ class StudySettings:
                 for seed, d, mixup in product(self.seeds, self.datasets, (True, False))]
 
     def fixed_trials(self) -> list[TrialSpec]:
-        """Trials the study runs as given (not searched): the baselines and the ablation."""
-        return [*self.baselines(), *self.ablations()]
+        """Trials the study runs as given (not searched): the baselines and the ablation.
+
+        Those on a plain (no-mixup) Stage 1 come first: the search's first trial trains the
+        mixup Stage 1, so the two Stage-1 trainings start side by side instead of one after
+        the other (a trial waits for a Stage 1 that another trial is training); then the
+        larger trials, so that small ones fill the gaps at the end.
+        """
+        return sorted([*self.baselines(), *self.ablations()], key=lambda t: (t.mixup, -len(t.members)))
 
     def planned_trials(self) -> int:
         """Rows the finished study holds: every MiSLAS setting, baseline and ablation variant."""
