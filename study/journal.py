@@ -30,15 +30,14 @@ import json
 import math
 import os
 import pickle
-import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from mislas.errors import UsageError
+from study.reporting.load import quiet_optuna
 from study.storage import Store, stamp
 
 JOURNAL = "optuna.log"
@@ -124,7 +123,7 @@ def tell_finished(results: Store, local_cache: Path, spec: JournalSpec, rows: It
     finished = {r["trial_id"]: r for r in rows if r.get("optuna_study") in set(spec.names.values())}
     storage = open_journal(results, local_cache)
     told = 0
-    with _quiet():
+    with quiet_optuna():
         for name in spec.names.values():
             try:
                 study = optuna.load_study(study_name=name, storage=storage)
@@ -231,20 +230,6 @@ def retarget_searcher_state(results: Store, state: SearcherState, path: Path) ->
     results.write_bytes(pickle.dumps(state.saved), "tune", state.file)
 
 
-@contextmanager
-def _quiet() -> Iterator[None]:
-    import optuna
-
-    previous = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        optuna.logging.set_verbosity(previous)
-
-
 def _mislas_rows(rows: Iterable[Mapping[str, Any]], spec: JournalSpec) -> dict[tuple[str, int], Mapping[str, Any]]:
     studies = set(spec.names.values())
     return {(r["optuna_study"], int(r["optuna_trial_number"])): r for r in rows
@@ -273,7 +258,7 @@ def journal_problem(path: Path, spec: JournalSpec, rows: Iterable[Mapping[str, A
         if not isinstance(record, dict) or "op_code" not in record:
             return f"is unreadable (line {n} is not a journal record)"
     try:
-        with _quiet():
+        with quiet_optuna():
             storage = JournalStorage(JournalFileBackend(str(path)))
             studies = {s.study_name: s for s in storage.get_all_studies()}
             for name in spec.names.values():
@@ -387,7 +372,7 @@ def rebuild(path: Path, spec: JournalSpec, rows: Iterable[Mapping[str, Any]],
     directions = [optuna.study.StudyDirection.MAXIMIZE if d.startswith("max") else optuna.study.StudyDirection.MINIMIZE
                   for d in spec.directions]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet():
+    with quiet_optuna():
         storage = JournalStorage(JournalFileBackend(str(path)))
         studies = {n: optuna.create_study(study_name=n, storage=storage, directions=directions) for n in order}
         next_number = dict.fromkeys(order, 0)

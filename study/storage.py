@@ -24,12 +24,10 @@ import os
 import posixpath
 import secrets
 import socket
-import tempfile
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -48,35 +46,12 @@ def is_uri(location: str) -> bool:
 
 # --- atomic local writes ------------------------------------------------------------------
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """The project's one atomic writer (:func:`mislas.atomic.write_atomic`), imported when a
+    write happens: reading a study (the report) then imports nothing of ``mislas``."""
+    from mislas.atomic import write_atomic as write
 
-
-def write_atomic(path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], object]) -> None:
-    """Write ``data`` (bytes, or a callable that writes to the open binary file) to ``path`` atomically.
-
-    A temporary file in the target's folder, flushed and fsynced, renamed over the target:
-    readers see the old file or the new one, never a part. Mode: ``0666 & ~umask`` (0644
-    under umask 022), as a plain ``open`` would give (``mkstemp`` alone would make it 0600).
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if isinstance(data, bytes):
-                fh.write(data)
-            else:
-                data(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write(path, data)
 
 
 def stamp() -> str:
