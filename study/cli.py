@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", choices=ABLATIONS, default="none",
                    help="components: also run every on/off combination of Stage-1 mixup, shift BN and LAS at the "
                         "Table 6 values, plus uniform label smoothing, per data set and seed (fixed trials)")
+    p.add_argument("--stage1-checkpoint", action="append", default=[], metavar="[DATASET=]PATH",
+                   help="use this finished Stage 1 (ours, or the MiSLAS reference's released file) for every trial "
+                        "of the data set instead of training one (repeatable, one per data set; DATASET= may be "
+                        "left out with one --dataset); it is a mixup Stage 1, so plain-Stage-1 trials are refused")
     p.add_argument("--data-root", default=None, help="folder with the data set's files")
     p.add_argument("--imb-factor", type=number(1.0), default=None, help="β for CIFAR/Fashion-MNIST-LT (default 100)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -183,6 +187,28 @@ def _space_files(paths: Sequence[str], datasets: Sequence[str]) -> dict[str, str
     return given
 
 
+def _stage1_checkpoints(items: Sequence[str], datasets: Sequence[str], *, check_paths: bool) -> dict[str, str]:
+    """``[DATASET=]PATH`` items by data set (absolute paths when they are checked here)."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or name not in DATASETS:
+            if len(datasets) != 1:
+                raise UsageError(f"--stage1-checkpoint: name the data set (DATASET=PATH) when several are studied, "
+                                 f"got {item!r}")
+            name, path = datasets[0], item
+        if name not in datasets:
+            raise UsageError(f"--stage1-checkpoint: {name} is not among --dataset ({', '.join(datasets)})")
+        if name in out:
+            raise UsageError(f"--stage1-checkpoint: two files for {name}")
+        if check_paths:
+            if not Path(path).is_file():
+                raise UsageError(f"--stage1-checkpoint: no such file: {path}")
+            path = str(Path(path).resolve())
+        out[name] = path
+    return out
+
+
 def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySettings:
     """The rules between options, the configs and the search spaces; raises UsageError.
 
@@ -216,6 +242,10 @@ def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySett
             raise UsageError(f"--set {key}: the study sets this field itself ({STUDY_KEYS[key]}); "
                              f"it cannot be overridden")
 
+    stage1 = _stage1_checkpoints(args.stage1_checkpoint, datasets, check_paths=check_paths)
+    if stage1 and (False in MIXUP_CHOICES[args.baseline_mixup] or args.ablation != "none"):
+        raise UsageError("--stage1-checkpoint: the given Stage 1 is the mixup one; plain-Stage-1 trials need their "
+                         "own: use --baseline-mixup on and --ablation none with it")
     configs, spaces = {}, {}
     files = _space_files(args.space, datasets)
     for d in datasets:
@@ -235,7 +265,7 @@ def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySett
         storage=args.storage, name=args.name or f"{'+'.join(datasets)}-{args.budget}", resume=bool(args.resume),
         address=args.address, budget=args.budget, seeds=tuple(args.seeds), methods=methods,
         baseline_mixup=MIXUP_CHOICES[args.baseline_mixup], baseline_bn=BN_CHOICES[args.baseline_bn],
-        ablation=args.ablation, data_root=data_root, imb_factor=args.imb_factor,
+        ablation=args.ablation, stage1_checkpoints=stage1, data_root=data_root, imb_factor=args.imb_factor,
         overrides=tuple(args.overrides), grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         max_failures=args.max_failures, num_cpus=args.num_cpus, sampler_seed=args.sampler_seed,
         progress=bool(args.progress),

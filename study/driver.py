@@ -161,7 +161,7 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
         ctx = TrialContext(study=s.name, results_location=results.uri(), stage1_location=storage.uri("stage1"),
                            base_configs={d: replace(c, device=device) for d, c in s.configs.items()},
                            cpus_per_trial=s.cpus_per_trial, git_commit=commit, versions=driver_versions,
-                           progress=s.progress)
+                           progress=s.progress, stage1_checkpoints=dict(s.stage1_checkpoints))
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                         {"cpu": s.cpus_per_trial, "gpu": gpus})
         record_ctx = RecordContext(

@@ -103,6 +103,7 @@ class StudySettings:
     baseline_mixup: tuple[bool, ...]
     baseline_bn: tuple[bool | None, ...]
     ablation: str
+    stage1_checkpoints: dict[str, str]  # data set -> a finished Stage 1 to use instead of training one
     data_root: str | None
     imb_factor: float | None
     overrides: tuple[str, ...]
@@ -172,6 +173,7 @@ class StudySettings:
             "scheduler": self.scheduler, "budget": self.budget, "seeds": list(self.seeds),
             "methods": list(self.methods), "baseline_mixup": list(self.baseline_mixup),
             "baseline_bn": list(self.baseline_bn), "ablation": self.ablation,
+            "stage1_checkpoints": dict(self.stage1_checkpoints),
             "imb_factor": self.imb_factor, "overrides": list(self.overrides), "data_root": self.data_root,
             "spaces": {d: s.describe() for d, s in self.spaces.items()},
             "grace_period": self.grace_period, "reduction_factor": self.reduction_factor,

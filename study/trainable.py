@@ -39,6 +39,7 @@ from mislas.atomic import write_atomic
 from mislas.config import RunConfig, effective_shift_bn
 from mislas.data import LTData, load_dataset
 from mislas.errors import NonFiniteError
+from mislas.reference import load_any_stage1
 from mislas.splits import class_splits
 from mislas.stages import (
     SHARED_FIELDS,
@@ -73,6 +74,7 @@ class TrialContext:
     git_commit: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     progress: bool = False
+    stage1_checkpoints: dict[str, str] = field(default_factory=dict)  # data set -> a given Stage 1
 
 
 def planned_epochs(cfg: RunConfig) -> int:
@@ -229,7 +231,17 @@ class _TrialRun:
         self._finish(data, res, outcomes, time.perf_counter() - t_s2)
 
     def _stage1(self, cfg: RunConfig, data: LTData, device: torch.device) -> tuple[Any, str, Stage1Entry, float]:
-        """Stage 1 from the shared cache: trained once per key under a lock; others wait and reuse it."""
+        """Stage 1 from the shared cache: trained once per key under a lock; others wait and reuse it.
+
+        With ``--stage1-checkpoint`` the given file (ours or the reference's) is the Stage 1 of
+        every trial of its data set: nothing is trained.
+        """
+        given = self.ctx.stage1_checkpoints.get(cfg.data.dataset)
+        if given is not None:
+            t0 = time.perf_counter()
+            model = load_any_stage1(Path(given), data, cfg, device)
+            entry = Stage1Entry(f"given:{given}", Path(given), {}, False, 0.0, 0.0)
+            return model, entry.key, entry, time.perf_counter() - t0
         cache = Stage1Cache(self.ctx.stage1_location)
         key, inputs = stage1_key(data.fingerprint, cfg)
 
