@@ -13,13 +13,11 @@ from dataclasses import dataclass, replace
 from itertools import product
 from typing import Any
 
-from mislas.config import RunConfig, apply_overrides, preset_config
+from mislas.config import TRAINED_METHODS, RunConfig, apply_overrides, preset_config
 from mislas.data import DATASETS
 from study.records import Stage2Setting, TrialMember, TrialSpec
 from study.schema import OBJECTIVES
 from study.space import SearchSpace
-
-TRAINED_METHODS = ("mislas", "crt", "lws")  # methods with Stage-2 epochs
 
 # The study's own shrink of mislas's smoke preset, so that a smoke study of a few trials runs
 # in minutes on a 2-core CPU: Fashion-MNIST-LT with n_max 200 (492 training images), 50 val

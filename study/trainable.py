@@ -36,8 +36,8 @@ import torch
 from ray import tune
 
 from mislas.atomic import write_atomic
-from mislas.config import RunConfig, effective_shift_bn
-from mislas.data import LTData, load_dataset
+from mislas.config import TRAINED_METHODS, RunConfig, effective_shift_bn
+from mislas.data import LTData
 from mislas.errors import NonFiniteError
 from mislas.reference import load_any_stage1
 from mislas.splits import class_splits
@@ -50,6 +50,7 @@ from mislas.stages import (
     train_stage2,
     train_stage2_group,
 )
+from mislas.train import load_data
 from study import results, schema
 from study.groups import group_metrics
 from study.outcome import OUTCOME, MemberOutcome
@@ -59,7 +60,6 @@ from study.storage import Store
 
 REPORT = "report.json"  # the final report, re-reported when a finished trial is restored
 ENGINE = "engine"  # the Stage-2 engine's resumable state
-TRAINED_METHODS = ("mislas", "crt", "lws")  # methods with Stage-2 epochs
 
 
 @dataclass(frozen=True)
@@ -138,13 +138,6 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         _TrialRun(ctx, spec, trial_id, work).run()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def load_data(cfg: RunConfig) -> LTData:
-    d = cfg.data
-    return load_dataset(d.dataset, d.data_root, imb_factor=d.imb_factor, n_max=d.n_max, seed=d.seed,
-                        val_per_class=d.val_per_class, train_list=d.train_list, val_list=d.val_list,
-                        test_list=d.test_list, download=d.download)
 
 
 def train_subgroups(data: LTData, model: Any, cfgs: list[RunConfig], *, device: torch.device,
