@@ -1,9 +1,14 @@
-"""``python -m mislas describe|evaluate ...``: one JSON object on stdout; bad input -> one line on stderr, exit 2."""
+"""``python -m mislas describe|evaluate ...``: one JSON object on stdout; bad input -> one line on stderr, exit 2.
+
+``describe --check-files`` decodes every listed image; if any is missing or does not decode it
+still prints the JSON, then one line on stderr (the first bad images, how many) and exits 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +24,16 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="python -m mislas", description="MiSLAS tools.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
@@ -27,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-root", default=None, help="folder with the data (pickles, IDX files or split lists)")
     d.add_argument("--imb-factor", type=float, default=None, help="β = n_max / n_min (array sets only)")
     d.add_argument("--n-max", type=int, default=None, help="images of the largest class (array sets only)")
-    d.add_argument("--check-files", action="store_true", help="stat every listed image and report the missing ones")
+    d.add_argument("--check-files", action="store_true",
+                   help="open and decode every listed image (as training does) on a thread pool; report the "
+                        "missing and undecodable ones, progress on stderr; exit 2 if any")
+    d.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help=f"threads for --check-files (default: the CPU count, here {os.cpu_count() or 1})")
     d.add_argument("--train-list", default=None, help="train list, absolute or relative to --data-root")
     d.add_argument("--val-list", default=None, help="val list, absolute or relative to --data-root")
     d.add_argument("--test-list", default=None, help="test list, absolute or relative to --data-root")
@@ -51,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _describe(args: argparse.Namespace) -> dict[str, object]:
     from mislas.data import describe
+    from mislas.data.describe import PROGRESS_EVERY_S
 
     return describe(
         args.dataset,
@@ -58,6 +78,8 @@ def _describe(args: argparse.Namespace) -> dict[str, object]:
         imb_factor=args.imb_factor,
         n_max=args.n_max,
         check_files=args.check_files,
+        workers=args.workers,
+        progress_every_s=PROGRESS_EVERY_S,
         train_list=args.train_list,
         val_list=args.val_list,
         test_list=args.test_list,
@@ -80,7 +102,15 @@ def _evaluate(args: argparse.Namespace) -> dict[str, object]:
     )
 
 
+def _describe_failure(result: dict[str, object]) -> str | None:
+    from mislas.data.describe import failure_line
+
+    return failure_line(result)
+
+
 COMMANDS = {"describe": _describe, "evaluate": _evaluate}
+FAILURES = {"describe": _describe_failure}
+"""Per command: the one line (or ``None``) of a result that is printed but still means exit 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,7 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())  # one line, whatever the message held
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
+    failure = FAILURES[args.command](result) if args.command in FAILURES else None
+    if failure is not None:
+        print(f"error: {failure}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 
