@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mislas.data.loaders import Order, epoch_order, order_length
+from mislas.data.loaders import Order, Shard, epoch_order, order_length
 from mislas.data.types import ArraySplit, LTData, Split
 from mislas.errors import UsageError
 
@@ -118,6 +118,7 @@ class DeviceBatches:
         samples_per_class: int = 4,
         augment: CropFlip | None = None,
         channels_last: bool = True,
+        shard: Shard = Shard(),
     ) -> None:
         if not isinstance(split, ArraySplit):
             raise TypeError(f"split must be an ArraySplit, got {type(split).__name__}")
@@ -142,7 +143,8 @@ class DeviceBatches:
         self.mean = torch.as_tensor(list(mean), dtype=torch.float32, device=self.device).view(-1, 1, 1)
         self.std = torch.as_tensor(list(std), dtype=torch.float32, device=self.device).view(-1, 1, 1)
         _, self.height, self.width = split.images.shape[:3]
-        self._n = order_length(sampler, split.labels, self.num_classes)
+        self.shard = shard  # data-parallel training: this rank's part of each epoch
+        self._n = shard.length(order_length(sampler, split.labels, self.num_classes))
 
     def __len__(self) -> int:
         return math.ceil(self._n / self.batch_size)
@@ -166,6 +168,10 @@ class DeviceBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = resident(self.split, self.device, self.pad)
         order, offsets, flips = self._draw_epoch()
+        if self.shard.world > 1:  # the global epoch's draws, split over the ranks
+            order = self.shard.take(order)
+            offsets = None if offsets is None else self.shard.take(offsets)
+            flips = None if flips is None else self.shard.take(flips)
         n = order.numel()
         if offsets is None or flips is None:  # no augmentation: the centre of the (unpadded) store
             offsets = torch.full((n, 2), self.pad, dtype=torch.int64)
@@ -191,7 +197,7 @@ class DeviceBatches:
 
 def train_batches(
     data: LTData, *, device: torch.device, sampler: Order, batch_size: int, generator: torch.Generator,
-    samples_per_class: int = 4, channels_last: bool = True,
+    samples_per_class: int = 4, channels_last: bool = True, shard: Shard = Shard(),
 ) -> DeviceBatches:
     """Training batches of ``data.train`` with the data set's augmentation (:func:`train_augmentation`)."""
     if not isinstance(data.train, ArraySplit):
@@ -203,7 +209,7 @@ def train_batches(
     return DeviceBatches(
         data.train, mean=data.mean, std=data.std, batch_size=batch_size, device=device, sampler=sampler,
         generator=generator, num_classes=data.num_classes, samples_per_class=samples_per_class, augment=aug,
-        channels_last=channels_last,
+        channels_last=channels_last, shard=shard,
     )
 
 

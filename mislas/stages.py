@@ -34,8 +34,9 @@ from mislas import checkpoint, fastpath
 from mislas.calibration import temperature_scaled_results
 from mislas.config import TRAINED_METHODS, RunConfig, Stage1Config, effective_shift_bn
 from mislas.data import LTData, eval_transform, make_loader, train_transform
-from mislas.data.loaders import Order
+from mislas.data.loaders import Order, Shard
 from mislas.data.samplers import ClassAwareEpochs, class_aware_epoch_samples
+from mislas.distributed import broadcast, current_shard, data_parallel, weighted_means
 from mislas.errors import NonFiniteError, UsageError
 from mislas.las import LabelAwareSmoothing
 from mislas.metrics import EvalResult, classifier_weight_norms, evaluate_logits
@@ -151,10 +152,14 @@ class Mixup:
     generator (reproducible, resumable) and returns both label sets for the λ-weighted loss.
     """
 
-    def __init__(self, alpha: float, seed: int) -> None:
+    def __init__(self, alpha: float, seed: int, stream: int = 0) -> None:
+        """``stream``: a data-parallel rank; each rank draws its own λ and pairs (as the
+        reference's per-process ``mixup_data``), rank 0 the single-process draws."""
         if not (alpha > 0 and math.isfinite(alpha)):
             raise ValueError(f"alpha > 0 must hold, got alpha={alpha}")
         self.alpha = alpha
+        if stream:
+            seed = int(np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator().manual_seed(seed)
 
@@ -259,24 +264,29 @@ def run_epoch(
     backbone_bn_train: bool,
     mixup: Mixup | None = None,
     channels_last: bool = False,
+    parallel: nn.Module | None = None,
 ) -> EpochStats:
     """One pass of a whole model over ``batches`` (Stage 1); mean training loss and steps.
 
     ``train_backbone`` lets gradients reach the body; otherwise the features are computed
     without gradient and only the classifier learns. ``backbone_bn_train`` runs the body in
-    train mode (BN statistics update).
+    train mode (BN statistics update). ``parallel``: ``model`` wrapped for data-parallel
+    training (:func:`mislas.distributed.data_parallel`); the forward goes through it so that
+    its gradients are averaged over the ranks.
     """
     model.train()
     model.body.train(backbone_bn_train)
+    forward = parallel if parallel is not None else model
 
     def step(x: torch.Tensor, targets: Targets) -> torch.Tensor:
         with _autocast(device):
             if train_backbone:
-                feats = model.features(x)
+                logits: torch.Tensor = forward(x)  # Network.forward: classifier(features(x))
+                loss = targets.loss(loss_fn, logits.float())
             else:
                 with torch.no_grad():
                     feats = model.features(x).float()
-            loss = targets.loss(loss_fn, model.classifier(feats).float())
+                loss = targets.loss(loss_fn, model.classifier(feats).float())
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         optimizer.step()
@@ -394,7 +404,7 @@ def _finish(model: Network, data: LTData, cfg: RunConfig, device: torch.device, 
 
 
 def train_batches(data: LTData, cfg: RunConfig, *, sampler: Order, batch_size: int, generator: torch.Generator,
-                  samples_per_class: int = 4, device: torch.device | None = None) -> Batches:
+                  samples_per_class: int = 4, device: torch.device | None = None, shard: Shard = Shard()) -> Batches:
     """Training batches: device-resident (:mod:`mislas.fastpath`) when selected, else a DataLoader.
 
     Either way the order comes from ``sampler`` (a name, drawn from ``generator``; or Stage 2's
@@ -403,10 +413,10 @@ def train_batches(data: LTData, cfg: RunConfig, *, sampler: Order, batch_size: i
     if device is not None and fastpath.selected(data.train, cfg.data.loader):
         return fastpath.train_batches(data, device=device, sampler=sampler, batch_size=batch_size,
                                       generator=generator, samples_per_class=samples_per_class,
-                                      channels_last=cfg.channels_last)
+                                      channels_last=cfg.channels_last, shard=shard)
     return make_loader(
         data.train, train_transform(data), batch_size=batch_size, sampler=sampler, num_classes=data.num_classes,
-        generator=generator, num_workers=cfg.data.num_workers, samples_per_class=samples_per_class,
+        generator=generator, num_workers=cfg.data.num_workers, samples_per_class=samples_per_class, shard=shard,
     )
 
 
@@ -442,15 +452,61 @@ def train_stage1(
     on_epoch: OnEpoch | None = None,
     progress: bool = True,
 ) -> StageResult:
-    """Train (or resume, or reuse) Stage 1; ``checkpoint_dir/stage1.pt`` when finished."""
-    s1 = cfg.stage1
+    """Train (or resume, or reuse) Stage 1 in this process and evaluate it;
+    ``checkpoint_dir/stage1.pt`` when finished."""
     final = Path(checkpoint_dir) / "stage1.pt" if checkpoint_dir else None
-    partial = Path(checkpoint_dir) / "stage1.partial.pt" if checkpoint_dir else None
     if final is not None and final.exists():
         _log(progress, f"[stage1] reusing {final}")
         model = load_stage1(final, data, cfg, device)
         return _finish(model, data, cfg, device, [], {"reused": str(final)})
+    model, records = fit_stage1(data, cfg, device=device, checkpoint_dir=checkpoint_dir, on_epoch=on_epoch,
+                                progress=progress)
+    return evaluate_stage1(model, data, cfg, device, records)
 
+
+def evaluate_stage1(model: Network, data: LTData, cfg: RunConfig, device: torch.device,
+                    records: list[EpochRecord]) -> StageResult:
+    """A trained Stage-1 model's result: val/test evaluation, temperature scaling, weight norms."""
+    return _finish(model, data, cfg, device, records)
+
+
+def _load_partial(partial: Path | None, data: LTData, s1: Stage1Config) -> dict[str, Any] | None:
+    if partial is None or not partial.exists():
+        return None
+    state = checkpoint.load(partial)
+    checkpoint.check_compatible(state, partial, fingerprint=data.fingerprint, stage1=asdict(s1))
+    state["path"] = str(partial)
+    return state
+
+
+def fit_stage1(
+    data: LTData,
+    cfg: RunConfig,
+    *,
+    device: torch.device,
+    checkpoint_dir: Path | None = None,
+    on_epoch: OnEpoch | None = None,
+    progress: bool = True,
+) -> tuple[Network, list[EpochRecord]]:
+    """Stage 1's training loop (resumed from ``checkpoint_dir/stage1.partial.pt`` if there);
+    writes ``checkpoint_dir/stage1.pt`` at the end. No evaluation (:func:`train_stage1` adds it).
+
+    Inside a ``torch.distributed`` process group each process is one rank of a data-parallel
+    run, as the reference's train_stage1.py (main_worker) trains: the global batch of the
+    recipe (Table 6) is split over the ranks (``batch_size / world`` each; the learning rate is
+    the recipe's, since the global batch is), each rank trains on its shard of the epoch's
+    global shuffle (:class:`mislas.data.loaders.Shard`) with its own mixup draws, DDP averages
+    the gradients, BN keeps per-rank batch statistics. Rank 0 alone reads and writes the
+    checkpoints (its resume state is broadcast) and logs; every rank returns the same model.
+    """
+    s1 = cfg.stage1
+    shard = current_shard()
+    if s1.batch_size % shard.world:
+        raise UsageError(f"stage1.batch_size={s1.batch_size} must be a multiple of the {shard.world} data-parallel "
+                         f"workers (the global batch is split evenly over them)")
+    main = shard.rank == 0
+    final = Path(checkpoint_dir) / "stage1.pt" if checkpoint_dir and main else None
+    partial = Path(checkpoint_dir) / "stage1.partial.pt" if checkpoint_dir and main else None
     torch.manual_seed(epoch_seed(cfg.seed, 1, 0))  # the initial weights are part of the run's seed
     model = new_model(data, cfg, device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -458,19 +514,19 @@ def train_stage1(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: stage1_lr_factor(s1, step + 1))
     records: list[EpochRecord] = []
     start = 1
-    if partial is not None and partial.exists():
-        state = checkpoint.load(partial)
-        checkpoint.check_compatible(state, partial, fingerprint=data.fingerprint, stage1=asdict(s1))
+    state = broadcast(_load_partial(partial, data, s1))
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         records = _records(state["records"])
         start = state["epoch"] + 1
-        _log(progress, f"[stage1] resuming after epoch {state['epoch']} from {partial}")
+        _log(main, f"[stage1] resuming after epoch {state['epoch']} from {state['path']}")  # always said
+    parallel = data_parallel(model, device) if shard.world > 1 else None
 
     generator = torch.Generator()
-    batches = train_batches(data, cfg, sampler="instance", batch_size=s1.batch_size, generator=generator,
-                            device=device)
+    batches = train_batches(data, cfg, sampler="instance", batch_size=s1.batch_size // shard.world,
+                            generator=generator, device=device, shard=shard)
     t0 = time.perf_counter() - (records[-1].wall_s if records else 0.0)
     for epoch in range(start, s1.epochs + 1):
         seed = epoch_seed(cfg.seed, 1, epoch)
@@ -480,15 +536,20 @@ def train_stage1(
         stats = run_epoch(
             model, batches, loss_fn=nn.functional.cross_entropy, optimizer=optimizer, device=device,
             train_backbone=True, backbone_bn_train=True,
-            mixup=Mixup(s1.mixup_alpha, seed) if s1.mixup else None, channels_last=cfg.channels_last,
+            mixup=Mixup(s1.mixup_alpha, seed, stream=shard.rank) if s1.mixup else None,
+            channels_last=cfg.channels_last, parallel=parallel,
         )
-        _check_finite(1, epoch, stats.losses, [[]])
+        loss = stats.loss
+        if shard.world > 1:  # the loss over all ranks' samples
+            loss = weighted_means([stats.loss * stats.samples], stats.samples, device)[0][0]
+        _check_finite(1, epoch, [loss], [[]])
         scheduler.step()
-        record = EpochRecord(stage=1, epoch=epoch, lr=lr, classifier_lr=lr, train_loss=stats.loss, val={},
+        record = EpochRecord(stage=1, epoch=epoch, lr=lr, classifier_lr=lr, train_loss=loss, val={},
                              wall_s=time.perf_counter() - t0, steps=stats.steps)
         records.append(record)
-        _log(progress, f"[stage1] epoch {epoch}/{s1.epochs} lr {lr:.4g} loss {stats.loss:.4f} "
-                       f"({stats.steps} steps, {record.wall_s:.1f} s)")
+        workers = f", {shard.world} workers" if shard.world > 1 else ""
+        _log(progress and main, f"[stage1] epoch {epoch}/{s1.epochs} lr {lr:.4g} loss {loss:.4f} "
+                                f"({stats.steps} steps{workers}, {record.wall_s:.1f} s)")
         if partial is not None:
             checkpoint.save_atomic(
                 {"kind": "stage1_partial", "epoch": epoch, "model": model.state_dict(),
@@ -508,7 +569,7 @@ def train_stage1(
         )
         if partial is not None:
             partial.unlink(missing_ok=True)
-    return _finish(model, data, cfg, device, records)
+    return model, records
 
 
 # --- Stage 2: which configs can share a backbone pass ----------------------------------------

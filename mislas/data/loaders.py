@@ -9,9 +9,11 @@ by the affinity mask, minus one for the training loop).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Iterator, Sized
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -29,6 +31,37 @@ Order = SamplerName | ClassAwareEpochs
 NumWorkers = int | Literal["auto"]
 DEFAULT_PREFETCH = 4
 """Batches each worker keeps ready (torch's default is 2): slack for uneven JPEG decode times."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rank ``rank`` of ``world`` data-parallel processes: the part of each epoch it trains on.
+
+    Every rank draws the same global epoch (same generator seed), pads it to a multiple of
+    ``world`` by repeating its start and takes every ``world``-th position from ``rank`` on, as
+    torch's ``DistributedSampler`` does: disjoint shards of equal length, so every rank runs the
+    same number of steps (a DDP step is a collective). The augmentation draws of the global
+    epoch are sharded with it, so a sharded epoch is the global epoch split over ranks.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    def __post_init__(self) -> None:
+        if self.world < 1 or not 0 <= self.rank < self.world:
+            raise UsageError(f"a shard needs 0 <= rank < world, got rank={self.rank}, world={self.world}")
+
+    def length(self, n: int) -> int:
+        """Positions of this rank in an epoch of ``n``."""
+        return math.ceil(n / self.world) if n else 0
+
+    def take(self, values: torch.Tensor) -> torch.Tensor:
+        """This rank's positions of an epoch's per-position tensor (first dimension)."""
+        n = int(values.shape[0])
+        if self.world == 1 or n == 0:
+            return values
+        padded = torch.arange(self.length(n) * self.world) % n
+        return values[padded[self.rank :: self.world]]
 
 
 def available_cpus() -> int:
@@ -111,10 +144,10 @@ class _SeededOrder(Sampler[tuple[int, int]]):
     """
 
     def __init__(self, kind: Order, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-                 samples_per_class: int) -> None:
+                 samples_per_class: int, shard: Shard = Shard()) -> None:
         self.kind, self.labels, self.num_classes = kind, labels, num_classes
-        self.generator, self.samples_per_class = generator, samples_per_class
-        self.length = order_length(kind, labels, num_classes)
+        self.generator, self.samples_per_class, self.shard = generator, samples_per_class, shard
+        self.length = shard.length(order_length(kind, labels, num_classes))
 
     def __len__(self) -> int:
         return self.length
@@ -123,7 +156,10 @@ class _SeededOrder(Sampler[tuple[int, int]]):
         order = epoch_order(self.kind, self.labels, num_classes=self.num_classes, generator=self.generator,
                             samples_per_class=self.samples_per_class)
         base = int(torch.randint(0, 2**62, (), generator=self.generator))
-        return iter(zip(order.tolist(), range(base, base + order.numel())))
+        if self.shard.world == 1:
+            return iter(zip(order.tolist(), range(base, base + order.numel())))
+        seeds = torch.arange(base, base + order.numel(), dtype=torch.int64)
+        return iter(zip(self.shard.take(order).tolist(), self.shard.take(seeds).tolist()))
 
 
 class _SeededItems(Dataset[tuple[Any, int]]):
@@ -156,6 +192,7 @@ def make_loader(
     samples_per_class: int = 4,
     prefetch_factor: int = DEFAULT_PREFETCH,
     pin_memory: bool | None = None,
+    shard: Shard = Shard(),
 ) -> DataLoader[tuple[torch.Tensor, int]]:
     """A DataLoader over ``split``.
 
@@ -166,7 +203,8 @@ def make_loader(
     :class:`_SeededOrder`), so a caller that reseeds it per epoch gets the same batches with
     any worker count, and on resume. ``num_workers="auto"`` uses :func:`resolve_num_workers`;
     workers persist across epochs and keep ``prefetch_factor`` batches ready; memory is
-    pinned when CUDA is available (``pin_memory`` overrides).
+    pinned when CUDA is available (``pin_memory`` overrides). ``shard``: this process's part of
+    each training epoch in data-parallel training (:class:`Shard`; evaluation is not sharded).
     """
     if batch_size < 1:
         raise UsageError(f"batch_size >= 1 must hold, got batch_size={batch_size}")
@@ -177,7 +215,7 @@ def make_loader(
     chosen: Sampler[Any]
     if isinstance(sampler, ClassAwareEpochs):
         chosen = _SeededOrder(sampler, split.labels, num_classes=num_classes, generator=generator,
-                              samples_per_class=samples_per_class)
+                              samples_per_class=samples_per_class, shard=shard)
         dataset = _SeededItems(dataset)
     elif sampler == "sequential":
         chosen = SequentialSampler(range(int(split.labels.shape[0])))
@@ -186,7 +224,7 @@ def make_loader(
             ClassAwareSampler(split.labels, num_classes, samples_per_class=samples_per_class,
                               generator=torch.Generator())
         chosen = _SeededOrder(sampler, split.labels, num_classes=num_classes, generator=generator,
-                              samples_per_class=samples_per_class)
+                              samples_per_class=samples_per_class, shard=shard)
         dataset = _SeededItems(dataset)
     else:
         raise UsageError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
