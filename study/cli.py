@@ -96,6 +96,15 @@ def seed_list(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def trackers(text: str) -> tuple[str, ...]:
+    from study.tracking import parse_trackers
+
+    try:
+        return parse_trackers(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--log: ")) from None
+
+
 def study_name(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", text):
         raise argparse.ArgumentTypeError(f"letters, digits and . _ + - only (not starting with one of them), "
@@ -148,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use this finished Stage 1 (ours, or the MiSLAS reference's released file) for every trial "
                         "of the data set instead of training one (repeatable, one per data set; DATASET= may be "
                         "left out with one --dataset); it is a mixup Stage 1, so plain-Stage-1 trials are refused")
+    p.add_argument("--stage1-workers", type=integer(1), default=1, metavar="N",
+                   help="data-parallel workers for each Stage 1 (default 1: a Ray task; N > 1: Ray Train's "
+                        "TorchTrainer with DDP, the recipe's global batch split over the workers, lr kept)")
+    p.add_argument("--stage1-gpus-per-worker", type=number(0.0), default=None, metavar="G",
+                   help="GPUs per Stage-1 worker (default 1 if the cluster has GPUs, else 0 = CPU); each worker "
+                        "gets --cpus-per-trial CPUs")
     p.add_argument("--data-root", default=None, help="folder with the data set's files")
     p.add_argument("--imb-factor", type=number(1.0), default=None, help="β for CIFAR/Fashion-MNIST-LT (default 100)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -161,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=integer(1), default=None, help="CPUs of the in-process Ray (default: all)")
     p.add_argument("--sampler-seed", type=integer(0), default=0, help="seed of the TPE sampler (default 0)")
     p.add_argument("--progress", action="store_true", help="per-epoch lines from every trial")
+    p.add_argument("--log", type=trackers, default=(), metavar="T[,T...]",
+                   help="also log every trial to tensorboard, mlflow and/or wandb (comma separated; Ray Tune's "
+                        "logger callbacks; pip install \"mislas-study[tracking]\"); MLflow: $MLFLOW_TRACKING_URI "
+                        "or <storage>/<name>/mlflow.db; W&B: $WANDB_PROJECT / $WANDB_MODE=offline")
     return p
 
 
@@ -246,8 +265,20 @@ def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySett
     if stage1 and (False in MIXUP_CHOICES[args.baseline_mixup] or args.ablation != "none"):
         raise UsageError("--stage1-checkpoint: the given Stage 1 is the mixup one; plain-Stage-1 trials need their "
                          "own: use --baseline-mixup on and --ablation none with it")
+    from study.storage import StorageError, Store
+    from study.tracking import check_installed, mlflow_tracking_uri
+
+    if check_paths:  # (study.submit: the packages must be on the cluster, not necessarily here)
+        check_installed(args.log)
+    if "mlflow" in args.log:
+        try:
+            local = Store(args.storage).local
+        except StorageError as exc:
+            raise UsageError(f"--storage: {exc}") from None
+        mlflow_tracking_uri(args.storage if local else None)  # remote storage needs $MLFLOW_TRACKING_URI
     configs, spaces = {}, {}
     files = _space_files(args.space, datasets)
+    stage1_workers: int = args.stage1_workers
     for d in datasets:
         try:
             configs[d] = base_config(d, budget=args.budget, imb_factor=args.imb_factor,
@@ -255,6 +286,10 @@ def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySett
         except UsageError as exc:
             text = str(exc)
             raise UsageError(text if text.startswith("--set") else f"--set: {text}") from None
+        if configs[d].stage1.batch_size % stage1_workers:
+            raise UsageError(f"--stage1-workers {stage1_workers}: {d}'s stage1.batch_size="
+                             f"{configs[d].stage1.batch_size} is not a multiple of it (the global batch is split "
+                             f"evenly over the workers)")
         if "mislas" in methods and args.trials > 0:
             spaces[d] = load_space(files.get(d, default_space_file(d)), dataset=d,
                                    table6=table6(d, args.imb_factor))
@@ -265,10 +300,11 @@ def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySett
         storage=args.storage, name=args.name or f"{'+'.join(datasets)}-{args.budget}", resume=bool(args.resume),
         address=args.address, budget=args.budget, seeds=tuple(args.seeds), methods=methods,
         baseline_mixup=MIXUP_CHOICES[args.baseline_mixup], baseline_bn=BN_CHOICES[args.baseline_bn],
-        ablation=args.ablation, stage1_checkpoints=stage1, data_root=data_root, imb_factor=args.imb_factor,
+        ablation=args.ablation, stage1_checkpoints=stage1, stage1_workers=stage1_workers,
+        stage1_gpus_per_worker=args.stage1_gpus_per_worker, data_root=data_root, imb_factor=args.imb_factor,
         overrides=tuple(args.overrides), grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         max_failures=args.max_failures, num_cpus=args.num_cpus, sampler_seed=args.sampler_seed,
-        progress=bool(args.progress),
+        progress=bool(args.progress), trackers=tuple(args.log),
     )
 
 

@@ -105,8 +105,11 @@ def check_resume(s: StudySettings, results: Store, local_cache: Path) -> None:
         say(line)
 
 
-def run_study(s: StudySettings) -> int:
-    """Run (or resume) the study under its driver lock; returns the exit status."""
+def run_study(s: StudySettings, *, fingerprints: dict[str, str] | None = None) -> int:
+    """Run (or resume) the study under its driver lock; returns the exit status.
+
+    ``fingerprints``: the data sets' fingerprints if the preflight loaded them here (the
+    Stage-1 phase then skips cached Stage 1s without starting a worker)."""
     try:
         storage = Store(s.storage)
     except StorageError as exc:
@@ -122,12 +125,28 @@ def run_study(s: StudySettings) -> int:
     try:
         if (line := lock.describe_takeover()) is not None:
             say(line)
-        return _run_locked(s, storage, results, saved)
+        return _run_locked(s, storage, results, saved, fingerprints or {})
     finally:
         lock.release()
 
 
-def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[str, Any] | None) -> int:
+def stage1_phase(s: StudySettings, storage: Store, results: Store, configs: dict[str, Any],
+                 fingerprints: dict[str, str], stage1_gpus: float) -> Any:
+    """Train the Stage 1s the study needs before any Stage-2 trial starts (study.stage1_phase)."""
+    from study.stage1_phase import Stage1Resources, plan, run_phase
+
+    jobs = plan(s, configs, fingerprints, s.stage1_workers)
+    resources = Stage1Resources(workers=s.stage1_workers, cpus_per_worker=s.cpus_per_trial,
+                                gpus_per_worker=stage1_gpus)
+    runs = results.uri("stage1-runs")
+    if results.local:
+        runs = os.path.abspath(runs)
+    return run_phase(jobs, location=storage.uri("stage1"), runs=runs, resources=resources,
+                     max_failures=s.max_failures, progress=s.progress, say=say)
+
+
+def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[str, Any] | None,
+                fingerprints: dict[str, str]) -> int:
     import ray
     from ray import tune
 
@@ -135,6 +154,7 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
     from study.callbacks import RecordContext, ResultsCallback
     from study.runtime import git_commit, init_ray
     from study.summary import format_summary, summarize
+    from study.tracking import logger_callbacks
     from study.trainable import TrialContext, run_trial, versions
 
     t_start = time.perf_counter()
@@ -157,11 +177,20 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         device = "cuda" if gpus > 0 else "cpu"
+        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        stage1_gpus = s.stage1_gpus_per_worker if s.stage1_gpus_per_worker is not None else (1.0 if has_gpus else 0.0)
+        phase = stage1_phase(s, storage, results, s.configs, fingerprints, stage1_gpus)
+        if phase.failures:
+            print(f"[study] Stage-1 phase: {len(phase.failures)} of {phase.planned} Stage 1s failed (above); no "
+                  f"Stage-2 trial ran. Rerun the same command to continue: finished Stage 1s are kept and "
+                  f"interrupted ones resume at their last epoch", file=sys.stderr, flush=True)
+            return 1
         commit, driver_versions = git_commit(), versions()
         ctx = TrialContext(study=s.name, results_location=results.uri(), stage1_location=storage.uri("stage1"),
                            base_configs={d: replace(c, device=device) for d, c in s.configs.items()},
                            cpus_per_trial=s.cpus_per_trial, git_commit=commit, versions=driver_versions,
-                           progress=s.progress, stage1_checkpoints=dict(s.stage1_checkpoints))
+                           progress=s.progress, stage1_checkpoints=dict(s.stage1_checkpoints),
+                           stage1_workers=s.stage1_workers)
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                         {"cpu": s.cpus_per_trial, "gpu": gpus})
         record_ctx = RecordContext(
@@ -171,6 +200,8 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
             optuna_local=None if results.local else str(local_cache / journal.JOURNAL),
         )
         if resuming:
+            if s.trackers:
+                say("--log on a resumed study: Tune restores the first run's callbacks, so its trackers are kept")
             # Errored trials stay failed (their rows are written); unfinished ones continue
             # from their last checkpoint; finished ones are kept as they are.
             tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -189,7 +220,9 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
                                             reuse_actors=True,
                                             trial_name_creator=trial_name, trial_dirname_creator=trial_name),
                 run_config=tune.RunConfig(
-                    name="tune", storage_path=results.uri(), callbacks=[ResultsCallback(record_ctx)], verbose=1,
+                    name="tune", storage_path=results.uri(), verbose=1,
+                    callbacks=[ResultsCallback(record_ctx), *logger_callbacks(
+                        s.trackers, study_name=s.name, results_dir=str(results.local_path()) if results.local else None)],
                     failure_config=tune.FailureConfig(max_failures=s.max_failures),
                     # two kept: a driver killed between a trial's newest checkpoint and Tune's next
                     # state snapshot leaves a snapshot that names the one before, which must still exist
@@ -209,7 +242,9 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
         journal.upload(results, local_cache)
         trials = trials_table.to_pandas()
         summary = summarize(s, trials, results_uri=results.uri(),
-                            timings={"ray_init_s": ray_init_s, "fit_s": fit_s, "total_s": time.perf_counter() - t_start})
+                            timings={"ray_init_s": ray_init_s, "stage1_phase_s": phase.wall_s,
+                                     "stage1_phase_trainings": phase.trained, "stage1_phase_train_s": phase.train_s,
+                                     "fit_s": fit_s, "total_s": time.perf_counter() - t_start})
         results.write_bytes(json.dumps(summary, indent=2, default=str).encode(), "summary.json")
         print(format_summary(summary), flush=True)
         if summary["trials"]["total"] < planned:  # e.g. Ctrl-C: Tune saved its state and returned

@@ -36,6 +36,7 @@ class MemberOutcome:
     stage1_metrics: dict[str, Any] = field(default_factory=dict)
     stage1_trained: bool = False
     stage1_s: float | None = None
+    stage1_workers: int | None = None  # data-parallel processes that trained the Stage 1 (None: a given file)
     git_commit: str | None = None
     versions: dict[str, str] = field(default_factory=dict)  # mislas/torch/ray/optuna/python versions
     epochs_run: int = 0
@@ -120,7 +121,8 @@ def trial_row(spec: TrialSpec, k: int, trial_id: str, group_id: str, outcome: Me
         **{f"test_{m}_ts": _num(o.test_ts.get(m)) for m in schema.TS_METRICS},
         "stage1_key": o.stage1_key, "stage1_val_acc": _num(s1.get("val", {}).get("acc")),
         "stage1_test_acc": _num(s1.get("test", {}).get("acc")), "stage1_test_ece": _num(s1.get("test", {}).get("ece")),
-        "stage1_trained": o.stage1_trained if outcome else None, "stage1_s": o.stage1_s, "stage2_s": o.stage2_s,
+        "stage1_trained": o.stage1_trained if outcome else None, "stage1_s": o.stage1_s,
+        "stage1_workers": o.stage1_workers, "stage2_s": o.stage2_s,
         "wall_s": o.wall_s, "started_at": _ts(o.started_at), "finished_at": _ts(o.finished_at) or now,
         "error": None if error is None else error[:2000], "budget": budget,
         "optuna_study": spec.optuna_study, "optuna_trial_number": member.optuna_trial_number,

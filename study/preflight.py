@@ -15,10 +15,14 @@ from mislas.errors import UsageError
 from study.settings import StudySettings
 
 
-def check_data(s: StudySettings) -> None:
-    """Load every data set of the study once; raises UsageError naming the data set and the problem."""
+def check_data(s: StudySettings) -> dict[str, str]:
+    """Load every data set of the study once; raises UsageError naming the data set and the problem.
+
+    Returns each data set's fingerprint (the Stage-1 phase plans its cache keys from them).
+    """
     from study.trainable import load_data
 
+    fingerprints = {}
     for d, cfg in s.configs.items():
         t0 = time.perf_counter()
         try:
@@ -30,3 +34,5 @@ def check_data(s: StudySettings) -> None:
         print(f"[study] {d}: {len(data.train.labels)} train / {len(data.val.labels)} val / "
               f"{len(data.test.labels)} test images, {data.num_classes} classes "
               f"(checked in {time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+        fingerprints[d] = data.fingerprint
+    return fingerprints

@@ -27,11 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from study.driver import run_study
         from study.preflight import check_data
 
+        fingerprints: dict[str, str] = {}
         if settings.address is None or "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
             # (a driver on a laptop joining a cluster may not see the cluster's data: its trials check it)
-            check_data(settings)
+            fingerprints = check_data(settings)
 
-        return run_study(settings)
+        return run_study(settings, fingerprints=fingerprints)
     except UsageError as exc:
         print(f"python -m study.run: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

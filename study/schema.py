@@ -60,7 +60,7 @@ TRIALS_SCHEMA = pa.schema(
         *[(f"test_{m}", _F) for m in METRICS],
         ("temperature", _F), *[(f"val_{m}_ts", _F) for m in TS_METRICS], *[(f"test_{m}_ts", _F) for m in TS_METRICS],
         ("stage1_key", _S), ("stage1_val_acc", _F), ("stage1_test_acc", _F), ("stage1_test_ece", _F),
-        ("stage1_trained", _B), ("stage1_s", _F), ("stage2_s", _F),
+        ("stage1_trained", _B), ("stage1_s", _F), ("stage1_workers", _I), ("stage2_s", _F),
         ("wall_s", _F), ("started_at", _TS), ("finished_at", _TS), ("error", _S),
         ("budget", _S), ("optuna_study", _S), ("optuna_trial_number", _I), ("data_fingerprint", _S),
         ("config_json", _S),

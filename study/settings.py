@@ -102,6 +102,8 @@ class StudySettings:
     baseline_bn: tuple[bool | None, ...]
     ablation: str
     stage1_checkpoints: dict[str, str]  # data set -> a finished Stage 1 to use instead of training one
+    stage1_workers: int  # data-parallel workers of each Stage 1 (Ray Train when > 1)
+    stage1_gpus_per_worker: float | None  # None: 1 if the cluster has GPUs, else 0
     data_root: str | None
     imb_factor: float | None
     overrides: tuple[str, ...]
@@ -111,6 +113,7 @@ class StudySettings:
     num_cpus: int | None
     sampler_seed: int
     progress: bool
+    trackers: tuple[str, ...] = ()  # --log: tensorboard, mlflow, wandb (study.tracking)
 
     @property
     def metric(self) -> list[str] | str:
@@ -172,6 +175,8 @@ class StudySettings:
             "methods": list(self.methods), "baseline_mixup": list(self.baseline_mixup),
             "baseline_bn": list(self.baseline_bn), "ablation": self.ablation,
             "stage1_checkpoints": dict(self.stage1_checkpoints),
+            # the worker count is part of the Stage-1 keys; left out at 1 (studies made before it existed)
+            **({"stage1_workers": self.stage1_workers} if self.stage1_workers != 1 else {}),
             "imb_factor": self.imb_factor, "overrides": list(self.overrides), "data_root": self.data_root,
             "spaces": {d: s.describe() for d, s in self.spaces.items()},
             "grace_period": self.grace_period, "reduction_factor": self.reduction_factor,

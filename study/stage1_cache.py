@@ -16,10 +16,14 @@ entry that fails is named in one line, its ``stage1.pt`` and ``done.json`` are s
 (renamed ``.damaged-<stamp>``) and it is trained again. Entries written before the sha256
 was recorded are reused unchecked (their checkpoint is still checked when loaded).
 
-Concurrency: on a local or NFS folder the entry's ``.lock`` (``filelock``) serialises the
-trainers, so a trial that needs a Stage 1 another trial is training waits for it and then
-reuses it. Training happens in the entry's folder, so a retried trial resumes an interrupted
-Stage 1 from ``stage1.partial.pt``. On an object store (s3://, gs://), which has no locks, the
+* ``stage1.partial.pt`` while it trains: the last finished epoch (an object store gets a copy
+  after each epoch), from which an interrupted training resumes
+
+Who trains: the study's Stage-1 phase (:mod:`study.stage1_phase`) before any trial starts;
+trials then only read entries. Concurrency: on a local or NFS folder the entry's ``.lock``
+(``filelock``) serialises the trainers, so a second trainer of the same key waits for the
+first and then reuses its entry. Training happens in the entry's folder, so a retry resumes
+an interrupted Stage 1 from ``stage1.partial.pt``. On an object store (s3://, gs://), which has no locks, the
 lock is node-local and the artifact is uploaded when done: trials on one node wait for each
 other; two nodes starting the same entry at the same moment may both train it (the second
 upload is the same content and harmless). Put the storage on NFS to rule that out.
@@ -46,6 +50,7 @@ from mislas.config import RunConfig
 from study.storage import Store, stamp
 
 CHECKPOINT = "stage1.pt"
+PARTIAL = "stage1.partial.pt"  # an interrupted training's last epoch (mislas.stages.fit_stage1)
 DONE = "done.json"
 HISTORY = "trainings.jsonl"
 TrainFn = Callable[[Path], Mapping[str, Any]]
@@ -85,8 +90,12 @@ def checkpoint_problem(folder: Path) -> str | None:
     return None
 
 
-def stage1_key(data_fingerprint: str, cfg: RunConfig) -> tuple[str, dict[str, Any]]:
+def stage1_key(data_fingerprint: str, cfg: RunConfig, workers: int = 1) -> tuple[str, dict[str, Any]]:
     """The cache key (24 hex digits) and the inputs it hashes.
+
+    ``workers``: data-parallel processes that train it; a run over N > 1 of them (per-rank BN
+    statistics and mixup draws) gives other weights than one process, so N is part of the key
+    (left out for 1, so single-process keys stay what they were).
 
     ``stage1.pretrained`` is a file location, not a recipe choice, so it is left out (the
     checkpoint's own compatibility check ignores it as well). The batch pipeline
@@ -106,6 +115,8 @@ def stage1_key(data_fingerprint: str, cfg: RunConfig) -> tuple[str, dict[str, An
         "loader": getattr(cfg.data, "loader", None),
         "mislas_version": mislas.__version__,
     }
+    if workers != 1:
+        inputs["workers"] = workers
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
     return f"{cfg.data.dataset}-{'mixup' if cfg.stage1.mixup else 'plain'}-s{cfg.seed}-{digest}", inputs
 
@@ -118,6 +129,7 @@ class Stage1Entry:
     trained: bool  # this call trained it
     wait_s: float  # time spent waiting for another trainer's lock
     train_s: float  # time this call spent training (0 when reused)
+    workers: int | None = 1  # data-parallel processes that trained it (None: not known, e.g. a given file)
 
 
 class Stage1Cache:
@@ -137,14 +149,22 @@ class Stage1Cache:
     def is_done(self, key: str) -> bool:
         return self.store.exists(key, DONE)
 
+    def is_reusable(self, key: str) -> bool:
+        """Done, and (on a local or NFS store) its checkpoint matches the recorded sha256; an
+        object store's copy is checked when a node fetches it."""
+        if not self.is_done(key):
+            return False
+        return not self.store.local or checkpoint_problem(self.store.local_path(key)) is None
+
     def trainings(self, key: str) -> list[dict[str, Any]]:
         """The recorded trainings of an entry (one per actual Stage-1 training)."""
         if not self.store.exists(key, HISTORY):
             return []
         return [json.loads(line) for line in self.store.read_bytes(key, HISTORY).decode().splitlines() if line]
 
-    def get_or_train(self, key: str, inputs: Mapping[str, Any], train: TrainFn) -> Stage1Entry:
-        """The entry for ``key``; ``train(folder)`` must write ``folder/stage1.pt`` and return metrics."""
+    def get_or_train(self, key: str, inputs: Mapping[str, Any], train: TrainFn, *, workers: int = 1) -> Stage1Entry:
+        """The entry for ``key``; ``train(folder)`` must write ``folder/stage1.pt`` and return metrics
+        (``workers``: how many data-parallel processes it trains with, recorded)."""
         local = self.entry_dir(key)
         local.mkdir(parents=True, exist_ok=True)
         if self.store.local and (local / DONE).exists() and checkpoint_problem(local) is None:  # fast path, no lock
@@ -169,9 +189,21 @@ class Stage1Cache:
             train_s = time.perf_counter() - t1
             if not (local / CHECKPOINT).exists():
                 raise RuntimeError(f"Stage-1 training for {key} did not write {local / CHECKPOINT}")
-            record = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": started, "wall_s": train_s}
+            record = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": started, "wall_s": train_s,
+                      "workers": workers}
             self._publish(key, local, inputs, metrics, record)
             return self._entry(key, local, trained=True, wait_s=wait_s, train_s=train_s)
+
+    def pull_partial(self, key: str, local: Path) -> None:
+        """An object store's copy of an interrupted training's ``stage1.partial.pt``, if this node lacks one."""
+        if not self.store.local and not (local / PARTIAL).exists() and self.store.exists(key, PARTIAL):
+            self.store.download(local / PARTIAL, key, PARTIAL)
+
+    def push_partial(self, key: str, local: Path) -> None:
+        """Upload this epoch's ``stage1.partial.pt`` to an object store, so that a Stage 1 killed
+        with its node resumes on another one (a local or NFS store already holds the file)."""
+        if not self.store.local and (local / PARTIAL).exists():
+            self.store.upload(local / PARTIAL, key, PARTIAL)
 
     def _set_aside(self, key: str, local: Path, problem: str, *, stored: bool) -> None:
         """A finished entry that does not read back: rename its checkpoint and done.json (this
@@ -212,4 +244,9 @@ class Stage1Cache:
     @staticmethod
     def _entry(key: str, local: Path, *, trained: bool, wait_s: float, train_s: float) -> Stage1Entry:
         metrics = json.loads((local / "metrics.json").read_text()) if (local / "metrics.json").exists() else {}
-        return Stage1Entry(key, local / CHECKPOINT, metrics, trained, wait_s, train_s)
+        try:
+            done = json.loads((local / DONE).read_text())
+        except (OSError, ValueError):
+            done = {}
+        workers = done.get("workers", 1) if isinstance(done, dict) else 1  # entries before it was recorded: 1
+        return Stage1Entry(key, local / CHECKPOINT, metrics, trained, wait_s, train_s, workers)

@@ -40,11 +40,16 @@ def summarize(s: StudySettings, trials: pd.DataFrame, *, results_uri: str, timin
                    "failed": int((status == schema.FAILED).sum()), "planned": s.planned_trials()},
         "datasets": {}, "timings": dict(timings), "group_size": s.group_size, "scheduler": s.scheduler,
     }
+    # Stage 1s trained by this run's Stage-1 phase, plus any a trial trained itself (an entry
+    # gone since the phase); the time trials spent getting a Stage 1 they did not train
+    phase_trainings = int(timings.get("stage1_phase_trainings", 0))
+    phase_train_s = float(timings.get("stage1_phase_train_s", 0.0))
+    out["timings"].update({"stage1_trainings": phase_trainings, "stage1_train_s": phase_train_s})
     if len(df):
         trained = df["stage1_trained"].fillna(False).astype(bool)
         out["timings"].update({
-            "stage1_trainings": int(trained.sum()),
-            "stage1_train_s": float(df.loc[trained, "stage1_s"].fillna(0).sum()),
+            "stage1_trainings": phase_trainings + int(trained.sum()),
+            "stage1_train_s": phase_train_s + float(df.loc[trained, "stage1_s"].fillna(0).sum()),
             "stage1_wait_trial_s": float(df.loc[~trained, "stage1_s"].fillna(0).sum()),
             "stage2_trial_s": float(df["stage2_s"].fillna(0).sum()),
         })
@@ -110,8 +115,10 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"(ASHA cannot stop one member of a group)")
     tm = summary["timings"]
     lines.append(
-        f"time: {tm['total_s']:.1f} s in all; Ray start-up {tm['ray_init_s']:.1f} s; trials {tm['fit_s']:.1f} s "
+        f"time: {tm['total_s']:.1f} s in all; Ray start-up {tm['ray_init_s']:.1f} s; Stage-1 phase "
+        f"{tm.get('stage1_phase_s', 0.0):.1f} s; trials {tm['fit_s']:.1f} s "
         f"(Stage 1: {tm.get('stage1_trainings', 0)} training(s), {tm.get('stage1_train_s', 0.0):.1f} s; "
+        f"waited for by trials {tm.get('stage1_wait_trial_s', 0.0):.1f} trial-s; "
         f"Stage 2 + eval: {tm.get('stage2_trial_s', 0.0):.1f} trial-s)")
     lines.append(f"results: {summary['results']} (trials.parquet, epochs.parquet, classes.parquet, "
                  f"reliability.parquet, confidence.parquet, summary.json); Optuna journal: {summary['optuna_journal']}")

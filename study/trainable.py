@@ -75,6 +75,7 @@ class TrialContext:
     versions: dict[str, str] = field(default_factory=dict)
     progress: bool = False
     stage1_checkpoints: dict[str, str] = field(default_factory=dict)  # data set -> a given Stage 1
+    stage1_workers: int = 1  # data-parallel processes of each Stage 1 (the phase trains them; part of the key)
 
 
 def planned_epochs(cfg: RunConfig) -> int:
@@ -224,7 +225,10 @@ class _TrialRun:
         self._finish(data, res, outcomes, time.perf_counter() - t_s2)
 
     def _stage1(self, cfg: RunConfig, data: LTData, device: torch.device) -> tuple[Any, str, Stage1Entry, float]:
-        """Stage 1 from the shared cache: trained once per key under a lock; others wait and reuse it.
+        """Stage 1 from the shared cache, where the driver's Stage-1 phase (study.stage1_phase)
+        put it before the trials started. Should the entry be gone (e.g. set aside as damaged
+        since), a single-process Stage 1 is trained here under the entry's lock (others wait
+        and reuse it); a data-parallel one only the phase trains, so the trial fails naming it.
 
         With ``--stage1-checkpoint`` the given file (ours or the reference's) is the Stage 1 of
         every trial of its data set: nothing is trained.
@@ -233,10 +237,13 @@ class _TrialRun:
         if given is not None:
             t0 = time.perf_counter()
             model = load_any_stage1(Path(given), data, cfg, device)
-            entry = Stage1Entry(f"given:{given}", Path(given), {}, False, 0.0, 0.0)
+            entry = Stage1Entry(f"given:{given}", Path(given), {}, False, 0.0, 0.0, workers=None)
             return model, entry.key, entry, time.perf_counter() - t0
         cache = Stage1Cache(self.ctx.stage1_location)
-        key, inputs = stage1_key(data.fingerprint, cfg)
+        key, inputs = stage1_key(data.fingerprint, cfg, self.ctx.stage1_workers)
+        if self.ctx.stage1_workers > 1 and not cache.is_done(key):
+            raise RuntimeError(f"Stage 1 {key} ({self.ctx.stage1_workers} workers) is not in the cache at "
+                               f"{cache.store.uri(key)}: the study's Stage-1 phase trains it; rerun the study")
 
         def train(folder: Path) -> dict[str, Any]:
             res = train_stage1(data, cfg, device=device, checkpoint_dir=folder, progress=self.ctx.progress)
@@ -260,7 +267,7 @@ class _TrialRun:
             hostname=socket.gethostname(), device_name=device_name(device), arch=cfg.stage1.arch,
             data_fingerprint=data.fingerprint, config_json=json.dumps(cfg.to_dict(), sort_keys=True),
             stage1_key=key, stage1_metrics=dict(entry.metrics), stage1_trained=entry.trained and k == 0,
-            stage1_s=stage1_s if k == 0 else 0.0, git_commit=self.ctx.git_commit, versions=versions(),
+            stage1_s=stage1_s if k == 0 else 0.0, stage1_workers=entry.workers, git_commit=self.ctx.git_commit, versions=versions(),
             shift_bn=effective_shift_bn(cfg),
         )
         if earlier is not None:
@@ -277,19 +284,22 @@ class _TrialRun:
         if self.spec.method not in TRAINED_METHODS:  # ce, tau_norm: nothing trains in Stage 2
             return [train_stage2(data, model, self.cfgs[0], device=device, progress=self.ctx.progress)]
 
+        reported = [min(len(r) for r in records)]  # a resumed trial reported its earlier epochs
+
         def on_epoch(k: int, record: EpochRecord) -> None:
+            """Report (and checkpoint) epoch e once, when the last member finishes it: members of
+            one sub-group arrive one after the other, sub-groups run one after the other."""
             records[k].append(asdict(record))
-            epoch = record.epoch
-            if epoch >= self.planned or not all(len(r) >= epoch for r in records):
+            epoch = min(len(r) for r in records)
+            if epoch >= self.planned or epoch <= reported[0]:
                 return  # the final report follows with the test metrics; or other members lag behind
-            if sum(len(r) == epoch for r in records) != 1:
-                return  # report once per epoch: when the last member reaches it
+            reported[0] = epoch
             for j, recs in enumerate(records):
                 write_atomic(self.folders[j] / "epochs.json", json.dumps(recs).encode())
                 self._write_tables(j, {"epochs": results.table("epochs", results.epochs_rows(self.ids[j], recs))})
                 self._write_outcome(j, replace(outcomes[j], epochs_run=len(recs), val=dict(recs[-1]["val"]),
                                                wall_s=time.perf_counter() - t_s2))
-            members = [_val_metrics(r[-1]["val"]) for r in records]
+            members = [_val_metrics(r[epoch - 1]["val"]) for r in records]  # (an earlier sub-group is ahead)
             self._report(group_metrics(epoch=epoch, final=False, members=members))
 
         return train_subgroups(data, model, self.cfgs, device=device, checkpoint_dir=self.work / ENGINE,

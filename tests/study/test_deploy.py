@@ -139,6 +139,10 @@ def test_rayjob_sizing_autoscaling_and_ttl() -> None:
     per_pod = min(pod_cpus // args.cpus_per_trial, pod_gpus // args.gpus_per_trial)
     assert per_pod * args.gpus_per_trial == pod_gpus, "trials leave GPUs of a pod idle"
     assert per_pod * args.cpus_per_trial == pod_cpus, "trials leave CPUs of a pod idle"
+    # a data-parallel Stage 1 (1 GPU and --cpus-per-trial CPUs per worker) fills whole pods
+    stage1_gpus = args.stage1_gpus_per_worker if args.stage1_gpus_per_worker is not None else 1.0
+    assert (args.stage1_workers * stage1_gpus) % pod_gpus == 0 and args.stage1_workers > 1
+    assert args.stage1_workers * args.cpus_per_trial == pod_cpus * args.stage1_workers * stage1_gpus // pod_gpus
     # autoscaling that does something; the cluster goes soon after the job
     assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
     assert cluster.get("enableInTreeAutoscaling") is (group["minReplicas"] != group["maxReplicas"])

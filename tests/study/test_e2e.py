@@ -212,15 +212,18 @@ def test_in_process_study_of_six_trials(storage: Path, tmp_path: Path) -> None:
     print(f"6-trial smoke study: {time.monotonic() - t0:.1f} s")
     trials = check_tables(results, 6)
     check_optuna(results, "six", trials)
-    # Stage 1: one key, trained exactly once for all six trials
-    assert trials["stage1_key"].nunique() == 1 and int(trials["stage1_trained"].sum()) == 1
+    # Stage 1: one key, trained exactly once, by the Stage-1 phase before the trials started
+    summary = json.loads((results / "summary.json").read_text())
+    assert trials["stage1_key"].nunique() == 1 and not trials["stage1_trained"].any()
+    assert summary["timings"]["stage1_trainings"] == 1 and (trials["stage1_workers"] == 1).all()
+    assert summary["timings"]["stage1_wait_trial_s"] < 5.0  # no trial waited for a Stage 1 being trained
     entry = storage / "stage1" / trials["stage1_key"].iloc[0]
     assert len((entry / "trainings.jsonl").read_text().splitlines()) == 1
+    assert "Stage-1 phase: training 1 of 1 Stage 1s" in out
     # the killed trial was retried from its checkpoint (FailureConfig), not marked failed
     errored = [p.parent.name for p in (results / "tune").glob("*/error.txt")]
     assert errored, "no trial recorded the killed worker"
     assert "stopped early by ASHA" in out and "Pareto front" in out and str(results) in out
-    summary = json.loads((results / "summary.json").read_text())
     assert summary["trials"]["total"] == 6 and summary["datasets"]["fashion_mnist_lt"]["pareto_front_size"] >= 1
 
 
@@ -254,6 +257,7 @@ def test_sigkill_of_the_driver_then_resume(storage: Path, tmp_path: Path) -> Non
         old = pd.read_parquet(results / "parts" / tid / "trials.parquet").set_index("trial_id")
         pd.testing.assert_frame_equal(union.loc[[tid]], old, check_dtype=False)
     assert int(trials["stage1_trained"].sum()) == 0  # Stage 1 came from the first test's cache
+    assert "Stage-1 phase: all 1 Stage 1s are in the cache" in second
 
 
 def free_port() -> int:

@@ -30,7 +30,8 @@ def test_grouped_study(tmp_path: Path) -> None:
     results = storage / "grouped"
     t0 = time.monotonic()
     proc = start(["study.run", *SMOKE, "--trials", "4", "--group-size", "2", "--num-cpus", "2",
-                  "--set", "stage2.epochs=2", "--storage", str(storage), "--name", "grouped"], tmp_path / "run.log")
+                  "--set", "stage2.epochs=2", "--storage", str(storage), "--name", "grouped", "--log", "mlflow"],
+                 tmp_path / "run.log")
     code = finish(proc, 300)
     out = (tmp_path / "run.log").read_text()
     assert code == 0, out[-3000:]
@@ -53,8 +54,8 @@ def test_grouped_study(tmp_path: Path) -> None:
         0.3, 0.0, "concave", 0.5, False, "reference")
     for col in ["val_acc", "test_acc", "val_ece", "test_ece"]:
         assert trials[col].between(0.0, 100.0).all(), col
-    # Stage 1: one key, trained once for both groups (on one member's row)
-    assert trials["stage1_key"].nunique() == 1 and int(trials["stage1_trained"].sum()) == 1
+    # Stage 1: one key, trained once for both groups, by the Stage-1 phase (no trial trained it)
+    assert trials["stage1_key"].nunique() == 1 and int(trials["stage1_trained"].sum()) == 0
     entry = storage / "stage1" / trials["stage1_key"].iloc[0]
     assert len((entry / "trainings.jsonl").read_text().splitlines()) == 1
     # each member's own rows
@@ -76,6 +77,21 @@ def test_grouped_study(tmp_path: Path) -> None:
     summary = json.loads((results / "summary.json").read_text())
     assert summary["group_size"] == 2 and summary["scheduler"] == "fifo" and summary["trials"]["total"] == 4
     assert "Stage 2 grouped" in out
+    # --log mlflow: one MLflow run per Tune trial (group) in the study folder's store, with each
+    # epoch's reported group metric and the members' settings as parameters
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "grouped"]
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.tags["ray_trial_id"] for r in runs) == sorted(trials["group_id"].unique())
+    for r in runs:
+        members = trials[trials["group_id"] == r.data.tags["ray_trial_id"]].sort_values("trial_id")
+        history = client.get_metric_history(r.info.run_id, "val_acc")
+        # one report after Stage-2 epoch 1 (with the group's checkpoint), then the final one
+        assert [h.step for h in history] == [1, 2]
+        assert history[-1].value == pytest.approx(members["val_acc"].max())  # the group's best member
+        assert float(r.data.params["g0_eps_1"]) == pytest.approx(members["eps_1"].iloc[0])
 
 
 def test_group_size_needs_fifo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

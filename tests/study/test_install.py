@@ -81,7 +81,7 @@ def test_wheel_contents(installed: tuple[Path, Path]) -> None:
     assert any(r.startswith("ray[default,tune]") and ">=2.52" in r and "<2.61" in r and 'extra == "study"' in r
                for r in requires), requires
     assert any(r.startswith("matplotlib") and 'extra == "report"' in r for r in requires), requires
-    assert any(r.startswith("mislas-study[report,study]") and 'extra == "test"' in r for r in requires), requires
+    assert any(r.startswith("mislas-study[report,study,tracking]") and 'extra == "test"' in r for r in requires), requires
 
 
 def test_installed_package_runs_outside_the_repository(installed: tuple[Path, Path], tmp_path: Path) -> None:
