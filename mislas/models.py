@@ -8,6 +8,7 @@ features to logits and is what Stage 2 retrains. No device placement happens her
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -157,6 +158,24 @@ _TV_RESNETS: dict[str, tuple[Callable[..., tv_models.ResNet], Callable[[], objec
     "resnet101": (tv_models.resnet101, lambda: tv_models.ResNet101_Weights.IMAGENET1K_V1),
     "resnet152": (tv_models.resnet152, lambda: tv_models.ResNet152_Weights.IMAGENET1K_V1),
 }
+
+
+def pretrained_problem(arch: str, pretrained: str | None) -> str | None:
+    """Why ``arch`` could not get its pretrained weights without a download (None: it can, or
+    it needs none). Checks that a given file exists, or that torchvision's weights are already
+    in torch's hub cache; reads and downloads nothing (a study checks this before Ray starts)."""
+    source = "torchvision" if arch == "resnet152_places" and pretrained is None else pretrained
+    if source is None:
+        return None
+    if source != "torchvision":
+        return None if Path(source).is_file() else f"stage1.pretrained: no such file {source}"
+    weights = _TV_RESNETS["resnet152" if arch == "resnet152_places" else arch][1]()
+    url = str(getattr(weights, "url", ""))
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if cached.is_file():
+        return None
+    return (f"{arch} needs torchvision's ImageNet weights, which are not in torch's hub cache ({cached}) and may "
+            f"not be downloaded here; put the file there, or pass --set stage1.pretrained=PATH")
 
 
 def _load_pretrained(arch: str, model: nn.Module, pretrained: str, *, unused: tuple[str, ...] = ("fc.",)) -> None:

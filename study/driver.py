@@ -14,12 +14,15 @@ import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mislas.errors import UsageError
 from study import journal
 from study.settings import StudySettings
 from study.storage import LockHeld, StorageError, Store, StudyLock
+
+if TYPE_CHECKING:
+    from study.stage1_phase import PhaseResult
 
 
 def make_searcher(s: StudySettings, storage: Any) -> Any:
@@ -131,7 +134,7 @@ def run_study(s: StudySettings, *, fingerprints: dict[str, str] | None = None) -
 
 
 def stage1_phase(s: StudySettings, storage: Store, results: Store, configs: dict[str, Any],
-                 fingerprints: dict[str, str], stage1_gpus: float) -> Any:
+                 fingerprints: dict[str, str], stage1_gpus: float) -> PhaseResult:
     """Train the Stage 1s the study needs before any Stage-2 trial starts (study.stage1_phase)."""
     from study.stage1_phase import Stage1Resources, plan, run_phase
 
@@ -173,12 +176,10 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
 
     started_ray, ray_init_s = init_ray(s.address, s.num_cpus)
     try:
-        gpus = s.gpus_per_trial
-        if gpus is None:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        default_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        gpus = s.gpus_per_trial if s.gpus_per_trial is not None else default_gpus
         device = "cuda" if gpus > 0 else "cpu"
-        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
-        stage1_gpus = s.stage1_gpus_per_worker if s.stage1_gpus_per_worker is not None else (1.0 if has_gpus else 0.0)
+        stage1_gpus = s.stage1_gpus_per_worker if s.stage1_gpus_per_worker is not None else default_gpus
         phase = stage1_phase(s, storage, results, s.configs, fingerprints, stage1_gpus)
         if phase.failures:
             print(f"[study] Stage-1 phase: {len(phase.failures)} of {phase.planned} Stage 1s failed (above); no "

@@ -1,9 +1,12 @@
 """Checks a study makes before Ray starts, so a bad data set fails in seconds with one line.
 
-Each data set is loaded as its trials will load it (lists parsed, arrays read; no image is
-decoded), with the study's own config, so a missing root, a malformed split list or a
-missing file is a :class:`mislas.errors.UsageError` naming it, before any worker starts and
-before the study's folder is written.
+Each data set is loaded as its trials will load it (lists parsed, arrays read), with the
+study's own config, and an even sample of its listed images is opened and decoded, so a
+missing root, a malformed split list or a missing or broken image file is a
+:class:`mislas.errors.UsageError` naming it, before any worker starts and before the study's
+folder is written. A backbone that starts from pretrained weights
+(Places-LT's ResNet-152) must find them without a download (a given file, or torch's hub
+cache), unless the study is given its Stage 1 (``--stage1-checkpoint``).
 """
 
 from __future__ import annotations
@@ -11,8 +14,30 @@ from __future__ import annotations
 import sys
 import time
 
+from mislas.data import LTData
 from mislas.errors import UsageError
 from study.settings import StudySettings
+
+SAMPLE_IMAGES = 64
+"""Listed images per data set the preflight opens and decodes (spread evenly over the lists);
+``python -m mislas describe --check-files`` decodes all of them."""
+
+
+def check_image_sample(dataset: str, data: LTData) -> None:
+    """Decode an even sample of the data set's listed images (none for array data sets)."""
+    from mislas.data.describe import check_images, listed_images
+
+    paths = listed_images(data)
+    if not paths:
+        return
+    step = max(1, len(paths) // SAMPLE_IMAGES)
+    sample = paths[::step][:SAMPLE_IMAGES]
+    found = check_images(sample)
+    if found.missing or found.undecodable:
+        first = found.missing[0] if found.missing else f"{found.undecodable[0][0]}: {found.undecodable[0][1]}"
+        raise UsageError(f"--dataset {dataset}: {found.bad} of {len(sample)} sampled listed images are missing or do "
+                         f"not decode (first: {first}); python -m mislas describe --dataset {dataset} --data-root "
+                         f"... --check-files checks them all")
 
 
 def check_data(s: StudySettings) -> dict[str, str]:
@@ -20,6 +45,7 @@ def check_data(s: StudySettings) -> dict[str, str]:
 
     Returns each data set's fingerprint (the Stage-1 phase plans its cache keys from them).
     """
+    from mislas.models import pretrained_problem
     from study.trainable import load_data
 
     fingerprints = {}
@@ -34,5 +60,9 @@ def check_data(s: StudySettings) -> dict[str, str]:
         print(f"[study] {d}: {len(data.train.labels)} train / {len(data.val.labels)} val / "
               f"{len(data.test.labels)} test images, {data.num_classes} classes "
               f"(checked in {time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+        check_image_sample(d, data)
         fingerprints[d] = data.fingerprint
+        problem = None if d in s.stage1_checkpoints else pretrained_problem(cfg.stage1.arch, cfg.stage1.pretrained)
+        if problem is not None:
+            raise UsageError(f"--dataset {d}: {problem}")
     return fingerprints
