@@ -127,6 +127,9 @@ class DataConfig:
     imb_factor: float | None = None
     n_max: int | None = None
     val_per_class: int | None = None
+    # array sets: evaluate on the first N test images of each class (file order), for quick
+    # smoke runs; None (default, the paper's protocol) keeps the whole test set
+    test_per_class: int | None = None
     train_list: str | None = None
     val_list: str | None = None
     test_list: str | None = None
@@ -148,6 +151,8 @@ class DataConfig:
             _int("data.n_max", self.n_max, low=1)
         if self.val_per_class is not None:
             _int("data.val_per_class", self.val_per_class, low=0)
+        if self.test_per_class is not None:
+            _int("data.test_per_class", self.test_per_class, low=1)
         _int("data.seed", self.seed)
         nw = self.num_workers
         if not (nw == "auto" or (_is_int(nw) and typing.cast(int, nw) >= 0)):

@@ -99,6 +99,7 @@ def load_data(cfg: RunConfig) -> LTData:
     return load_dataset(
         d.dataset, d.data_root, imb_factor=d.imb_factor, n_max=d.n_max, seed=d.seed, val_per_class=d.val_per_class,
         train_list=d.train_list, val_list=d.val_list, test_list=d.test_list, download=d.download,
+        test_per_class=d.test_per_class,
     )
 
 

@@ -101,6 +101,9 @@ def load_image_list_lt(spec: DatasetSpec, data_root: Path | None, opts: LoadOpti
             raise UsageError(
                 f"{arg} applies only to the CIFAR/Fashion-MNIST LT profiles; {spec.name}'s imbalance is its train list"
             )
+    if opts.test_per_class is not None:
+        raise UsageError(f"test_per_class applies only to the CIFAR/Fashion-MNIST LT profiles; {spec.name} is "
+                         f"evaluated on its whole test list")
     if opts.download:
         raise UsageError(f"{spec.name} cannot be downloaded; pass --data-root to a folder holding {spec.train_list}")
     held_out_val = spec.val_list is None

@@ -153,6 +153,10 @@ def build_array_lt(
     train_idx = lt_subsample(train_labels, counts, opts.seed, source=source)
     unused = np.setdiff1d(np.arange(train_labels.size), train_idx, assume_unique=True)
     val_idx = holdout_balanced(train_labels, unused, k, val_per_class, opts.seed)
+    test_idx = np.arange(test_labels.size)
+    if opts.test_per_class is not None:  # the first N of each class, in file order
+        test_idx = np.sort(np.concatenate([np.flatnonzero(test_labels == c)[: opts.test_per_class]
+                                           for c in range(k)])).astype(np.int64)
 
     def split(images: np.ndarray, labels: np.ndarray) -> ArraySplit:
         return ArraySplit(
@@ -172,6 +176,8 @@ def build_array_lt(
             "val_indices": sha256_hex(val_idx.astype(np.int64)),
             "source_train_labels": sha256_hex(train_labels.astype(np.int64)),
             "source_test_labels": sha256_hex(test_labels.astype(np.int64)),
+            # only when set, so fingerprints of the whole test set stay what they were
+            **({"test_per_class": int(opts.test_per_class)} if opts.test_per_class is not None else {}),
         }
     )
     return LTData(
@@ -179,7 +185,7 @@ def build_array_lt(
         num_classes=k,
         train=split(train_images[train_idx], train_labels[train_idx]),
         val=split(train_images[val_idx], train_labels[val_idx]),
-        test=split(test_images, test_labels),
+        test=split(test_images[test_idx], test_labels[test_idx]),
         class_counts=tuple(int(c) for c in counts),
         image_size=spec.image_size,
         in_channels=spec.in_channels,

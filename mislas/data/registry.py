@@ -147,10 +147,11 @@ def load_dataset(
     val_list: str | None = None,
     test_list: str | None = None,
     download: bool = False,
+    test_per_class: int | None = None,
 ) -> LTData:
     """Load a registered data set; ``None`` options take the data set's default.
 
-    ``imb_factor``/``n_max``/``download`` apply to the array sets (CIFAR, Fashion-MNIST),
+    ``imb_factor``/``n_max``/``download``/``test_per_class`` apply to the array sets (CIFAR, Fashion-MNIST),
     the ``*_list`` overrides to the list sets; an option that does not apply raises
     :class:`~mislas.errors.UsageError` instead of being silently ignored. ``seed`` picks the
     LT subset and the held-out val split. Nothing is downloaded unless ``download=True``.
@@ -161,6 +162,7 @@ def load_dataset(
         n_max=n_max,
         seed=seed,
         val_per_class=val_per_class,
+        test_per_class=test_per_class,
         train_list=train_list,
         val_list=val_list,
         test_list=test_list,

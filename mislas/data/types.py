@@ -83,6 +83,7 @@ class LoadOptions:
     n_max: int | None = None
     seed: int = 0
     val_per_class: int | None = None
+    test_per_class: int | None = None
     train_list: str | None = None
     val_list: str | None = None
     test_list: str | None = None

@@ -154,3 +154,17 @@ def test_real_debian_fashion_mnist() -> None:
     pixels = data.test.images.float() / 255  # type: ignore[union-attr]
     assert pixels.mean().item() == pytest.approx(data.mean[0], abs=0.01)
     assert pixels.std().item() == pytest.approx(data.std[0], abs=0.01)
+
+
+def test_test_per_class_keeps_the_first_images_of_each_class(cifar10_root: Path, list_roots: dict[str, Path]) -> None:
+    whole = load_dataset("cifar10_lt", cifar10_root, n_max=20, imb_factor=10)
+    two = load_dataset("cifar10_lt", cifar10_root, n_max=20, imb_factor=10, test_per_class=2)
+    with open(cifar10_root / "cifar-10-batches-py" / "test_batch", "rb") as fh:  # the file itself
+        labels = np.array(pickle.load(fh)[b"labels"])
+    keep = sorted(i for c in range(10) for i in np.flatnonzero(labels == c)[:2])
+    assert isinstance(two.test, ArraySplit) and isinstance(whole.test, ArraySplit)
+    assert two.test.labels.tolist() == labels[keep].tolist() and len(whole.test) == labels.size == 30
+    assert torch.equal(two.test.images, whole.test.images[keep])
+    assert torch.equal(two.train.images, whole.train.images) and two.fingerprint != whole.fingerprint
+    with pytest.raises(UsageError, match="test_per_class applies only to the CIFAR/Fashion-MNIST LT profiles"):
+        load_dataset("places_lt", list_roots["places_lt"], test_per_class=2)
