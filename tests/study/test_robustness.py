@@ -290,14 +290,14 @@ def test_report_cli_on_a_bad_uri_exits_2_in_one_line(capsys: pytest.CaptureFixtu
 # --- the real study: killed, damaged, resumed; a second driver refused ------------------------------
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-ARGS = ["--dataset", "fashion_mnist_lt", "--budget", "smoke", "--trials", "2", "--methods", "mislas", "--num-cpus",
+ARGS = ["--dataset", "fashion_mnist_lt", "--budget", "smoke", "--set", "data.test_per_class=100", "--trials", "2", "--methods", "mislas", "--num-cpus",
         "2", "--set", "stage1.epochs=2", "--set", "stage1.milestones=(1)", "--set", "stage2.epochs=2"]
 
 
 @pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").exists(), reason="needs Debian's dataset-fashion-mnist")
 def test_real_study_killed_damaged_resumed(tmp_path: Path) -> None:
     from study.reporting.load import load_study
-    from tests.study.test_e2e import complete_parts, env, finish, kill_session, start, wait_for
+    from tests.study.test_e2e import check_optuna, complete_parts, env, finish, kill_session, start, wait_for
 
     storage, name = tmp_path / "st", "robust"
     res = storage / name
@@ -328,6 +328,7 @@ def test_real_study_killed_damaged_resumed(tmp_path: Path) -> None:
     log = (res / "optuna.log").read_bytes()
     (res / "optuna.log").write_bytes(log[: len(log) // 2])
     part_file = res / "parts" / first_row / "trials.parquet"
+    first_before = pd.read_parquet(part_file).set_index("trial_id")
     part_file.write_bytes(part_file.read_bytes()[:300])
     (s1,) = (storage / "stage1").glob("*/stage1.pt")
     s1.write_bytes(s1.read_bytes()[:1000])
@@ -377,6 +378,13 @@ def test_real_study_killed_damaged_resumed(tmp_path: Path) -> None:
     assert not (res / "driver.lock").exists()
     assert list(res.glob("optuna.log.damaged-*")) and list((res / "parts" / first_row).glob("*.damaged-*"))
     assert list(s1.parent.glob("stage1.pt.damaged-*"))
+    # the row written before the kill is written again as it was, from its trial's last
+    # checkpoint, and that trial is not trained again
+    union = pd.read_parquet(res / "trials.parquet")
+    pd.testing.assert_frame_equal(union.set_index("trial_id").loc[[first_row]], first_before, check_dtype=False)
+    assert f"[trial {first_row}] fashion_mnist_lt" not in second
+    assert union["trial_id"].is_unique and len(union) == 2 and set(union["status"]) <= {"complete", "stopped_early", "failed"}
+    check_optuna(res, name, union)  # the journal rebuilt from the parts agrees with the Parquet
 
     trials = pd.read_parquet(res / "trials.parquet")
     assert sorted(trials["trial_id"]) == complete_parts(res) and len(trials) == 2
