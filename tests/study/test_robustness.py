@@ -378,11 +378,13 @@ def test_real_study_killed_damaged_resumed(tmp_path: Path) -> None:
     assert not (res / "driver.lock").exists()
     assert list(res.glob("optuna.log.damaged-*")) and list((res / "parts" / first_row).glob("*.damaged-*"))
     assert list(s1.parent.glob("stage1.pt.damaged-*"))
-    # the row written before the kill is written again as it was, from its trial's last
-    # checkpoint, and that trial is not trained again
+    # the row whose part was damaged is written again with the same numbers (its trial resumed
+    # from its last Stage-2 checkpoint, on the Stage 1 trained again: both deterministic); only
+    # its timings differ
     union = pd.read_parquet(res / "trials.parquet")
-    pd.testing.assert_frame_equal(union.set_index("trial_id").loc[[first_row]], first_before, check_dtype=False)
-    assert f"[trial {first_row}] fashion_mnist_lt" not in second
+    timings = ["stage1_s", "stage2_s", "wall_s", "started_at", "finished_at"]
+    pd.testing.assert_frame_equal(union.set_index("trial_id").loc[[first_row]].drop(columns=timings),
+                                  first_before.drop(columns=timings), check_dtype=False, rtol=1e-5)
     assert union["trial_id"].is_unique and len(union) == 2 and set(union["status"]) <= {"complete", "stopped_early", "failed"}
     check_optuna(res, name, union)  # the journal rebuilt from the parts agrees with the Parquet
 
