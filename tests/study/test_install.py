@@ -128,3 +128,21 @@ def test_installed_package_runs_outside_the_repository(installed: tuple[Path, Pa
     assert "--dataset" in procs["run --help"].stdout and "usage:" in procs["run --help"].stdout
     assert "--token-file" in procs["submit --help"].stdout
     assert {p.name for p in (target / "bin").iterdir()} >= set(SCRIPTS)  # pip wrote the console scripts
+
+
+def test_the_study_runs_without_the_report_extra() -> None:
+    """``pip install mislas-study[study]`` has no matplotlib or jinja2: nothing a study imports may need them."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('matplotlib', 'jinja2'):\n"
+        "            raise ImportError(f'{name} is in the report extra only')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import study.run, study.driver, study.summary, study.stage1_phase, study.trainable, study.callbacks\n"
+        "import study.reporting\n"
+        "assert 'matplotlib' not in sys.modules and 'jinja2' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
