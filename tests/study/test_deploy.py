@@ -166,7 +166,7 @@ def test_dockerfile_installs_the_package_with_its_extras() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     base = re.search(r"^FROM (\S+)", text, re.M).group(1)  # type: ignore[union-attr]
     assert base.startswith("rayproject/ray:2.60.0") and "gpu" in base  # CUDA base, the tested Ray
-    assert 'pip install --no-cache-dir -c /home/ray/constraints.txt ".[study,report]"' in text
+    assert 'pip install --no-cache-dir -c /home/ray/constraints.txt ".[study,report,tracking]"' in text
     assert not re.search(r"pip install[^\n]*\b(optuna|pandas|pyarrow|filelock|matplotlib)\b", text)  # not retyped
     copied = []
     for line in re.findall(r"^COPY (.+)$", text, re.M):
