@@ -11,55 +11,16 @@ location cannot be opened or holds no study, or a format is unknown; 1 when it c
 from __future__ import annotations
 
 import argparse
-import os
 import posixpath
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from study.reporting import FORMATS, NoStudyError, ReportResult, UnknownFormatError
-from study.reporting import build as _build
-from study.reporting.compute import compute_tables
-from study.reporting.document import build_document
-from study.reporting.load import load_study
-from study.reporting.render_html import render_html
-from study.reporting.render_md import FIGURES_DIR, render_markdown
-from study.reporting.render_tex import render_tex
+from study.reporting.build import build_report
 from study.storage import StorageError, is_uri
 
 __all__ = ["ReportResult", "build_report", "main"]
-
-
-def build_report(study_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                 formats: Sequence[str] = FORMATS) -> ReportResult:
-    """:func:`study.reporting.build.build_report` for a folder or a storage URI."""
-    location = str(study_dir)
-    if not is_uri(location):
-        return _build.build_report(Path(location), Path(out_dir), formats)
-    # (build.build_report takes a Path, which would turn "s3://b/k" into "s3:/b/k")
-    wanted = _build.check_formats(formats)
-    tables = compute_tables(load_study(location))
-    document = build_document(tables)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
-    if "html" in wanted:
-        files.append(_write(out / "report.html", render_html(document)))
-    if "md" in wanted:
-        (out / FIGURES_DIR).mkdir(exist_ok=True)
-        for art in document.figures:
-            path = out / FIGURES_DIR / f"{art.name}.png"
-            path.write_bytes(art.png)
-            files.append(path)
-        files.append(_write(out / "report.md", render_markdown(document)))
-    if "tex" in wanted:
-        files.append(_write(out / "tables.tex", render_tex(document)))
-    return ReportResult(out, tuple(files), tables, document)
-
-
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def default_out(location: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,14 +47,16 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def build_report(study_dir: Path, out_dir: Path, formats: Sequence[str] = FORMATS) -> ReportResult:
-    """Make the report of the study in ``study_dir`` under ``out_dir``.
+def build_report(study_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                 formats: Sequence[str] = FORMATS) -> ReportResult:
+    """Make the report of the study in ``study_dir`` (a folder or a storage URI, kept a string so
+    that ``s3://b/k`` is not made a path) under the local folder ``out_dir``.
 
     Raises :class:`study.reporting.load.NoStudyError` when ``study_dir`` has no trials.parquet and
     :class:`UnknownFormatError` for a format not in :data:`FORMATS` (before anything is written).
     """
     wanted = check_formats(formats)
-    tables = compute_tables(load_study(Path(study_dir)))
+    tables = compute_tables(load_study(study_dir))
     document = build_document(tables)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
