@@ -133,12 +133,12 @@ def run_study(s: StudySettings, *, fingerprints: dict[str, str] | None = None) -
         lock.release()
 
 
-def stage1_phase(s: StudySettings, storage: Store, results: Store, configs: dict[str, Any],
-                 fingerprints: dict[str, str], stage1_gpus: float) -> PhaseResult:
+def stage1_phase(s: StudySettings, storage: Store, results: Store, fingerprints: dict[str, str],
+                 stage1_gpus: float) -> PhaseResult:
     """Train the Stage 1s the study needs before any Stage-2 trial starts (study.stage1_phase)."""
     from study.stage1_phase import Stage1Resources, plan, run_phase
 
-    jobs = plan(s, configs, fingerprints, s.stage1_workers)
+    jobs = plan(s, fingerprints)
     resources = Stage1Resources(workers=s.stage1_workers, cpus_per_worker=s.cpus_per_trial,
                                 gpus_per_worker=stage1_gpus)
     runs = results.uri("stage1-runs")
@@ -180,7 +180,7 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
         gpus = s.gpus_per_trial if s.gpus_per_trial is not None else default_gpus
         device = "cuda" if gpus > 0 else "cpu"
         stage1_gpus = s.stage1_gpus_per_worker if s.stage1_gpus_per_worker is not None else default_gpus
-        phase = stage1_phase(s, storage, results, s.configs, fingerprints, stage1_gpus)
+        phase = stage1_phase(s, storage, results, fingerprints, stage1_gpus)
         if phase.failures:
             print(f"[study] Stage-1 phase: {len(phase.failures)} of {phase.planned} Stage 1s failed (above); no "
                   f"Stage-2 trial ran. Rerun the same command to continue: finished Stage 1s are kept and "

@@ -84,14 +84,14 @@ def needed(s: StudySettings) -> list[tuple[str, bool, int]]:
     return sorted(w for w in wanted if w[0] not in s.stage1_checkpoints)
 
 
-def plan(s: StudySettings, configs: dict[str, RunConfig], fingerprints: dict[str, str],
-         workers: int) -> list[Stage1Job]:
-    """The jobs, with their cache keys where the data set's fingerprint is known."""
+def plan(s: StudySettings, fingerprints: dict[str, str]) -> list[Stage1Job]:
+    """The jobs (each data set's study config with its flavour and seed), with their cache keys
+    (for ``s.stage1_workers``) where the data set's fingerprint is known."""
     jobs = []
     for d, mixup, seed in needed(s):
-        base = configs[d]
+        base = s.configs[d]
         cfg = replace(base, stage1=replace(base.stage1, mixup=mixup), seed=seed)
-        key = stage1_key(fingerprints[d], cfg, workers)[0] if d in fingerprints else None
+        key = stage1_key(fingerprints[d], cfg, s.stage1_workers)[0] if d in fingerprints else None
         jobs.append(Stage1Job(d, mixup, seed, cfg, key))
     return jobs
 

@@ -22,13 +22,14 @@ def test_the_plan_is_every_flavour_and_seed_a_trial_uses() -> None:
     # MiSLAS: the mixup Stage 1 of each seed; CE (--baseline-mixup off): the plain one of each seed
     assert needed(s) == [("fashion_mnist_lt", False, 0), ("fashion_mnist_lt", False, 1),
                          ("fashion_mnist_lt", True, 0), ("fashion_mnist_lt", True, 1)]
-    s = cli.parse([*SMOKE, "--methods", "ce", "--baseline-mixup", "on", "--ablation", "components"])
+    s = cli.parse([*SMOKE, "--methods", "ce", "--baseline-mixup", "on", "--ablation", "components",
+                   "--stage1-workers", "2"])
     assert needed(s) == [("fashion_mnist_lt", False, 0), ("fashion_mnist_lt", True, 0)]  # the ablation's plain one
-    jobs = plan(s, s.configs, {"fashion_mnist_lt": "f" * 16}, workers=2)
+    jobs = plan(s, {"fashion_mnist_lt": "f" * 16})
     assert [(j.mixup, j.config.stage1.mixup, j.config.seed) for j in jobs] == [(False, False, 0), (True, True, 0)]
     assert all(j.key is not None and j.key.startswith(f"fashion_mnist_lt-{'mixup' if j.mixup else 'plain'}-s0-")
                for j in jobs)
-    assert plan(s, s.configs, {}, workers=1)[0].key is None  # data not seen by the driver: the worker keys it
+    assert plan(s, {})[0].key is None  # data not seen by the driver: the worker keys it
 
 
 def test_given_stage1_needs_no_training(tmp_path: Path) -> None:
