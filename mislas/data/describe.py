@@ -47,11 +47,6 @@ def listed_images(data: LTData) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def missing_files(data: LTData) -> list[str]:
-    """Listed image paths that are not files (a stat each, nothing opened)."""
-    return [p for p in listed_images(data) if not os.path.isfile(p)]
-
-
 def _reason(exc: Exception, path: str) -> str:
     """A short, path-free reason why ``path`` does not decode."""
     if isinstance(exc, UnidentifiedImageError):
