@@ -4,4 +4,4 @@ Pure PyTorch; knows nothing of Ray or Optuna. Entry points: :mod:`mislas.train` 
 ``python -m mislas describe`` (data set facts), :mod:`mislas.stages` (the typed API).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -33,6 +33,7 @@ Form = Literal["concave", "linear", "convex", "exp"]
 LasTarget = Literal["paper", "reference"]
 Arch = Literal["resnet32", "resnet50", "resnet101", "resnet152", "resnet152_places"]
 EpochLengthRule = Literal["reference", "sampler"]
+Stage2Schedule = Literal["cosine", "cosine_kang"]
 EpochLength = int | EpochLengthRule
 
 METHODS: tuple[str, ...] = get_args(Method)
@@ -41,6 +42,7 @@ PRESETS: tuple[str, ...] = get_args(Preset)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 ARCHS: tuple[str, ...] = get_args(Arch)
 EPOCH_LENGTH_RULES: tuple[str, ...] = get_args(EpochLengthRule)
+STAGE2_SCHEDULES: tuple[str, ...] = get_args(Stage2Schedule)
 TRAINED_METHODS: tuple[str, ...] = ("mislas", "crt", "lws")
 """Methods that train in Stage 2 (the others, ``ce`` and ``tau_norm``, have no Stage-2 epochs)."""
 
@@ -50,6 +52,14 @@ TRAINED_METHODS: tuple[str, ...] = ("mislas", "crt", "lws")
 # the feature model's parameters (lines 115-120) but calls ``model.train()`` on every network
 # each epoch (lines 248-249), so BN statistics re-estimate on class-balanced batches.
 DEFAULT_SHIFT_BN: dict[str, bool] = {"mislas": True, "crt": True, "lws": True, "ce": False, "tau_norm": False}
+
+# Stage-2 cosine schedule by method when ``stage2.lr_schedule`` is None, as each method's own code
+# ran it. "cosine": epoch e (1-based) of E at ½·lr·(1 + cos(π(e−1)/E)), set at the start of the
+# epoch (MiSLAS 0fc381e, train_stage2.py ``adjust_learning_rate``). "cosine_kang": ½·lr·(1 +
+# cos(πe/E)), the last epoch at lr 0: Kang et al.'s run_networks.py (classifier-balancing f162ade)
+# calls ``scheduler.step()`` (CosineAnnealingLR, T_max = E) at the start of each epoch, which under
+# torch >= 1.1 advances the schedule before the epoch's first step.
+DEFAULT_STAGE2_SCHEDULE: dict[str, str] = {"mislas": "cosine", "crt": "cosine_kang", "lws": "cosine_kang"}
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -207,7 +217,9 @@ class Stage2Config:
     class-balanced batches) for every method that trains; None = the method's default
     (:func:`effective_shift_bn`). ``epoch_length``: optimizer steps per epoch, see
     :func:`mislas.data.samplers.class_aware_epoch_samples`. ``mixup``: mixup in Stage 2 (the
-    reference's switch, off in all its configs) with ``mixup_alpha``.
+    reference's switch, off in all its configs) with ``mixup_alpha``. ``lr_schedule``: "cosine" or
+    "cosine_kang" (:data:`DEFAULT_STAGE2_SCHEDULE`); None = the method's own code's schedule
+    (:func:`effective_stage2_schedule`).
     """
 
     method: Method = "mislas"
@@ -228,9 +240,12 @@ class Stage2Config:
     epoch_length: EpochLength = "reference"
     mixup: bool = False
     mixup_alpha: float = 1.0
+    lr_schedule: Stage2Schedule | None = None
 
     def __post_init__(self) -> None:
         _choice("stage2.method", self.method, METHODS)
+        if self.lr_schedule is not None:
+            _choice("stage2.lr_schedule", self.lr_schedule, STAGE2_SCHEDULES)
         _int("stage2.epochs", self.epochs, low=0)
         _float("stage2.lr", self.lr, low=0.0, low_open=True)
         _int("stage2.batch_size", self.batch_size, low=1)
@@ -321,6 +336,15 @@ def effective_shift_bn(cfg: RunConfig | Stage2Config) -> bool:
     if s2.method not in TRAINED_METHODS:
         return False
     return DEFAULT_SHIFT_BN[s2.method] if s2.shift_bn is None else s2.shift_bn
+
+
+def effective_stage2_schedule(cfg: RunConfig | Stage2Config) -> str:
+    """The Stage-2 cosine variant a run uses: ``stage2.lr_schedule`` when set, else the method's
+    default (:data:`DEFAULT_STAGE2_SCHEDULE`: Kang et al.'s for cRT/LWS, MiSLAS's for MiSLAS)."""
+    s2 = cfg.stage2 if isinstance(cfg, RunConfig) else cfg
+    if s2.lr_schedule is not None:
+        return s2.lr_schedule
+    return DEFAULT_STAGE2_SCHEDULE.get(s2.method, "cosine")
 
 
 def with_method(cfg: RunConfig, method: str) -> RunConfig:

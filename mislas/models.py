@@ -128,6 +128,15 @@ class _BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+def init_reference_resnet32(module: nn.Conv2d | nn.Linear) -> None:
+    """The reference ResNet-32's initialisation: ``kaiming_normal_`` with its defaults (fan_in,
+    gain √2) on every conv and on the classifier's weight; the classifier's bias keeps PyTorch's
+    default (dvlab-research/MiSLAS 0fc381e, models/resnet_cifar.py, ``_weights_init``, applied
+    to the whole network). Stage 1 from scratch depends on it: conv1's weight std is √(2/27) ≈
+    0.27 for 3-channel input, not the fan_out rule's 0.12."""
+    nn.init.kaiming_normal_(module.weight)
+
+
 class ResNet32Body(nn.Module):
     """3 stages × 5 blocks, 16/32/64 channels, global average pool: 64-d features."""
 
@@ -144,7 +153,7 @@ class ResNet32Body(nn.Module):
         self.layers = nn.Sequential(*layers)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                init_reference_resnet32(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(F.relu(self.bn1(self.conv1(x))))
@@ -266,7 +275,10 @@ def build_model(
     if arch == "resnet32":
         if pretrained:
             raise UsageError("stage1.pretrained is not available for resnet32 (trained from scratch)")
-        return Network(ResNet32Body(in_channels), 64, num_classes)
+        net = Network(ResNet32Body(in_channels), 64, num_classes)
+        if isinstance(net.classifier, nn.Linear):
+            init_reference_resnet32(net.classifier)
+        return net
     if in_channels != 3:
         raise UsageError(f"{arch} expects 3-channel images, the data set has {in_channels}")
     if arch in _TV_RESNETS:

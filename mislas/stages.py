@@ -32,7 +32,7 @@ from torch import nn
 
 from mislas import checkpoint, fastpath
 from mislas.calibration import temperature_scaled_results
-from mislas.config import TRAINED_METHODS, RunConfig, Stage1Config, effective_shift_bn
+from mislas.config import TRAINED_METHODS, RunConfig, Stage1Config, effective_shift_bn, effective_stage2_schedule
 from mislas.data import LTData, eval_transform, make_loader, train_transform
 from mislas.data.loaders import Order, Shard
 from mislas.data.samplers import ClassAwareEpochs, class_aware_epoch_samples
@@ -673,7 +673,8 @@ def _new_member(index: int, cfg: RunConfig, stage1_head: nn.Linear, data: LTData
         raise UsageError(f"stage2.method {s2.method!r} has no Stage-2 training")
     optimizer = torch.optim.SGD(groups, lr=s2.lr, momentum=s2.momentum, weight_decay=s2.weight_decay)
     epochs = max(s2.epochs, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, epochs))
+    shift = 1 if effective_stage2_schedule(s2) == "cosine_kang" else 0  # Kang's schedule runs one epoch ahead
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step + shift, epochs))
     return Stage2Member(index, cfg, head, loss_fn.to(linear.weight.device), optimizer, scheduler)
 
 

@@ -112,3 +112,17 @@ def test_places_trunk_takes_pretrained_up_to_layer4_1(tmp_path: Path, drop_layer
     assert torch.equal(block.bn3.weight, torch.ones(2048)) and torch.equal(block.bn3.bias, torch.zeros(2048))
     assert torch.equal(block.bn1.running_mean, torch.zeros(512)) and torch.equal(block.bn1.running_var, torch.ones(512))
     assert block.conv1.weight.std() > 0  # PyTorch's default conv init, not a constant
+
+
+def test_resnet32_initialisation_is_the_references_kaiming_fan_in() -> None:
+    """Weight std √(2 / fan_in) on every conv and on the classifier (reference
+    models/resnet_cifar.py ``_weights_init``), told apart from fan_out on the convs whose fan_in
+    and fan_out differ (conv1: 27 vs 144; the first 16→32 conv: 144 vs 288) and from PyTorch's
+    default Linear init (std 1/(8√3) ≈ 0.072 for 64 inputs) on the classifier."""
+    torch.manual_seed(0)
+    net = build_model("resnet32", 10, in_channels=3)
+    body = net.body
+    first_32 = next(m for m in body.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == 32)
+    for weight, fan_in in ((body.conv1.weight, 27), (first_32.weight, 144), (net.classifier.weight, 64)):
+        expected = (2.0 / fan_in) ** 0.5
+        assert abs(float(weight.std()) / expected - 1.0) < 0.15, (tuple(weight.shape), float(weight.std()), expected)

@@ -87,6 +87,24 @@ def test_classifier_lr_is_ratio_times_lr_every_epoch(tiny: LTData, stage1) -> No
         assert r.classifier_lr == pytest.approx(0.2 * r.lr)
 
 
+@pytest.mark.parametrize(("method", "schedule", "shift"), [
+    ("crt", None, 1), ("lws", None, 1),  # Kang et al.'s effective schedule by default: one epoch ahead
+    ("crt", "cosine", 0), ("lws", "cosine", 0), ("mislas", "cosine_kang", 1),
+])
+def test_stage2_cosine_variant_per_method(tiny: LTData, stage1, method: str, schedule: str | None,
+                                          shift: int) -> None:
+    """cRT/LWS train epoch e of E at ½·lr·(1 + cos(πe/E)) (the last at 0), as Kang et al.'s
+    run_networks.py under torch >= 1.1; ``stage2.lr_schedule`` selects either variant."""
+    result, _ = stage1
+    out = train_stage2(tiny, result.model, _cfg(method=method, epochs=4, lr_schedule=schedule), device=CPU,
+                       progress=False)
+    lrs = [r.lr for r in out.epochs]
+    expected = [0.5 * 0.05 * (1 + math.cos(math.pi * (e - 1 + shift) / 4)) for e in (1, 2, 3, 4)]
+    assert lrs == pytest.approx(expected, abs=1e-12)
+    if shift:
+        assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_stage1_multistep_schedule_matches_method() -> None:
     cfg = Stage1Config(epochs=200, schedule="multistep", warmup_epochs=5, milestones=(160, 180))
     for e in range(1, 201):
