@@ -467,6 +467,18 @@ def confidence_by_split(
 
 
 @dataclass(frozen=True, eq=False)
+class SampleOutcomes:
+    """Per evaluated sample: its label, whether top-1 was right, the top-label confidence and the
+    NLL of its label (nats). Kept so that two runs can be compared image by image (a paired
+    bootstrap over the test set), which the aggregate metrics cannot do."""
+
+    label: np.ndarray  # int64
+    correct: np.ndarray  # bool
+    confidence: np.ndarray  # float64 in [0, 1]
+    nll: np.ndarray  # float64
+
+
+@dataclass(frozen=True, eq=False)
 class EvalResult:
     """One evaluation: accuracies and every ECE variant in percent, NLL in nats, Brier raw.
 
@@ -494,6 +506,7 @@ class EvalResult:
     ece_medium: float | None
     ece_few: float | None
     confidence_quantiles: dict[str, dict[str, float] | None]
+    samples: SampleOutcomes | None = None
 
     def summary(self) -> dict[str, float | None]:
         """The scalar metrics as a JSON-serialisable dict (units as in the class docstring)."""
@@ -586,4 +599,16 @@ def evaluate_logits(
         ece_medium=_percent(s_ece["medium"]),
         ece_few=_percent(s_ece["few"]),
         confidence_quantiles=confidence_by_split(conf, labels_np, counts, **split_kw),
+        samples=SampleOutcomes(label=labels_np.astype(np.int64), correct=correct, confidence=conf,
+                               nll=_sample_nll(work, lb)),
     )
+
+
+def _sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """−log softmax(logits)[label] per row, in float64, a chunk of rows at a time."""
+    n, k = logits.shape
+    out = np.empty(n, dtype=np.float64)
+    for rows in _row_chunks(n, k):
+        lp = F.log_softmax(logits[rows].double(), dim=1)
+        out[rows] = (-lp.gather(1, labels[rows].view(-1, 1)).squeeze(1)).cpu().numpy()
+    return out

@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", choices=ABLATIONS, default="none",
                    help="components: also run every on/off combination of Stage-1 mixup, shift BN and LAS at the "
                         "Table 6 values, plus uniform label smoothing, per data set and seed (fixed trials)")
+    p.add_argument("--confirm-best", action="store_true",
+                   help="after the search of a data set, rerun the setting best on validation (highest mean val "
+                        "acc, then lowest val ECE) once on every --seeds seed (fixed trials, variant "
+                        "'best_on_val'): the report's 'MiSLAS (best tuned)' row then averages those seeds")
     p.add_argument("--stage1-checkpoint", action="append", default=[], metavar="[DATASET=]PATH",
                    help="use this finished Stage 1 (ours, or the MiSLAS reference's released file) for every trial "
                         "of the data set instead of training one (repeatable, one per data set; DATASET= may be "
@@ -240,6 +244,9 @@ def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySett
     methods = tuple(args.methods)
     if "mislas" in methods and args.trials < 1 and args.ablation == "none":
         raise UsageError(f"--trials: must be >= 1 when mislas is among --methods, got {args.trials}")
+    if args.confirm_best and ("mislas" not in methods or args.trials < 1):
+        raise UsageError("--confirm-best: needs mislas among --methods and --trials >= 1 (it reruns the best "
+                         "searched setting)")
     scheduler = args.scheduler or ("asha" if args.group_size == 1 else "fifo")
     if args.group_size > 1 and scheduler == "asha":
         raise UsageError(f"--scheduler asha: cannot be used with --group-size {args.group_size} (ASHA stops whole "
@@ -304,7 +311,7 @@ def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySett
         stage1_gpus_per_worker=args.stage1_gpus_per_worker, data_root=data_root, imb_factor=args.imb_factor,
         overrides=tuple(args.overrides), grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         max_failures=args.max_failures, num_cpus=args.num_cpus, sampler_seed=args.sampler_seed,
-        progress=bool(args.progress), trackers=tuple(args.log),
+        progress=bool(args.progress), trackers=tuple(args.log), confirm_best=bool(args.confirm_best),
     )
 
 

@@ -39,7 +39,7 @@ def make_searcher(s: StudySettings, storage: Any) -> Any:
         table6s[d] = table6(d, s.imb_factor)
     return StudySearcher(searchers=searchers, n_trials={d: s.trials for d in searchers}, seeds=s.seeds,
                          table6=table6s, spaces=s.spaces, fixed=s.fixed_trials(), metric=s.metric, mode=s.mode,
-                         study_names=names, group_size=s.group_size)
+                         study_names=names, group_size=s.group_size, confirm_seeds=s.confirm_seeds())
 
 
 def make_scheduler(s: StudySettings) -> Any:

@@ -89,6 +89,19 @@ def reliability_rows(trial_id: str, bins_by_split: Mapping[str, Sequence[Mapping
     return rows
 
 
+def predictions_table(trial_id: str, split: str, samples: Any | None) -> pa.Table:
+    """One row per evaluated sample (``mislas.metrics.SampleOutcomes``); empty for None."""
+    if samples is None:
+        return SCHEMAS["predictions"].empty_table()
+    n = len(samples.label)
+    return pa.table({
+        "trial_id": pa.array([trial_id] * n, pa.string()), "eval_split": pa.array([split] * n, pa.string()),
+        "sample": pa.array(np.arange(n, dtype=np.int32)), "label": pa.array(samples.label.astype(np.int32)),
+        "correct": pa.array(samples.correct.astype(bool)), "confidence": pa.array(samples.confidence.astype(np.float32)),
+        "nll": pa.array(samples.nll.astype(np.float32)),
+    }, schema=SCHEMAS["predictions"])
+
+
 def confidence_rows(trial_id: str, by_split: Mapping[str, Mapping[str, Mapping[str, float] | None]]
                     ) -> list[dict[str, Any]]:
     """Rows from ``{eval split: EvalResult.confidence_quantiles}`` (a split with no sample has none)."""

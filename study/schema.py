@@ -8,7 +8,7 @@ in step.
 
 Layout under ``<storage>/<name>/``:
 
-* ``parts/<row id>/{epochs,classes,reliability,confidence,trials}.parquet``: one ended row's tables;
+* ``parts/<row id>/{epochs,classes,reliability,confidence,predictions,trials}.parquet``: one ended row's tables;
   ``trials.parquet`` is written last and is the commit marker.
 * ``trials.parquet`` etc.: the union of the complete parts.
 
@@ -25,12 +25,16 @@ from typing import Any
 import pyarrow as pa
 
 PARTS = "parts"
-TABLES = ("trials", "epochs", "classes", "reliability", "confidence")
+TABLES = ("trials", "epochs", "classes", "reliability", "confidence", "predictions")
 
 COMPLETE = "complete"
 STOPPED_EARLY = "stopped_early"
 FAILED = "failed"
 STATUSES = (COMPLETE, STOPPED_EARLY, FAILED)
+
+# ``variant`` of the --confirm-best rows: the setting best on validation, rerun on every seed
+# (not a component-ablation variant; the comparison's "MiSLAS (best tuned)" row when present).
+CONFIRM_VARIANT = "best_on_val"
 
 # The keys of mislas.metrics.EvalResult.summary(), as val_<m> / test_<m> columns
 # (tests/study/test_schema.py checks the two agree).
@@ -99,9 +103,19 @@ CONFIDENCE_SCHEMA = pa.schema(
     ]
 )  # fmt: skip
 
+# Per test image, for the rows a paired comparison needs (every fixed row: baselines, component
+# ablation, --confirm-best; and the Table 6 setting); empty for other searched settings, whose
+# thousands of rows would multiply the folder's size. The report's paired bootstrap reads it.
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        ("trial_id", _S), ("eval_split", _S), ("sample", pa.int32()), ("label", pa.int32()),
+        ("correct", _B), ("confidence", pa.float32()), ("nll", pa.float32()),
+    ]
+)  # fmt: skip
+
 SCHEMAS: Mapping[str, pa.Schema] = {
     "trials": TRIALS_SCHEMA, "epochs": EPOCHS_SCHEMA, "classes": CLASSES_SCHEMA, "reliability": RELIABILITY_SCHEMA,
-    "confidence": CONFIDENCE_SCHEMA,
+    "confidence": CONFIDENCE_SCHEMA, "predictions": PREDICTIONS_SCHEMA,
 }
 # the tables a part holds beside trials.parquet (which is written last, as the commit marker)
 ROW_TABLES = tuple(t for t in TABLES if t != "trials")

@@ -25,6 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from study.groups import member_result
 from study.records import Stage2Setting, TrialMember, TrialSpec
+from study.schema import CONFIRM_VARIANT
 from study.space import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class StudySearcher(Searcher):
                  seeds: Sequence[int], table6: Mapping[str, Stage2Setting], spaces: Mapping[str, SearchSpace],
                  fixed: Sequence[TrialSpec],
                  metric: str | list[str], mode: str | list[str], study_names: Mapping[str, str],
-                 group_size: int = 1) -> None:
+                 group_size: int = 1, confirm_seeds: Sequence[int] = ()) -> None:
         super().__init__(metric=metric, mode=mode)  # type: ignore[arg-type]  # a list: multi-objective
         self.group_size = int(group_size)
         self.searchers = dict(searchers)
@@ -140,12 +141,24 @@ class StudySearcher(Searcher):
         self.fixed_issued = 0
         self.owner: dict[str, str | None] = {}  # Tune trial id -> data set (None: a fixed trial)
         self.members: dict[str, list[str]] = {}  # Tune trial id -> its members' Optuna ids
+        # --confirm-best: per data set, the seeds still to run the setting best on validation on,
+        # once every searched trial of the data set has ended (the scores it is chosen by).
+        self.confirm_pending = {d: list(confirm_seeds) for d in self.searchers}
+        self.member_settings: dict[str, Stage2Setting] = {}  # member row id -> its setting
+        self.search_open: dict[str, set[str]] = {d: set() for d in self.searchers}  # Tune trials not yet ended
+        self.search_scores: dict[str, dict[Stage2Setting, list[tuple[float, float]]]] = {d: {} for d in self.searchers}
+        self.confirmed: dict[str, Stage2Setting | None] = {}  # data set -> the setting confirmed (None: none scored)
 
     @property
     def total(self) -> int:
         """Tune trials: MiSLAS trials (groups of up to G settings) per data set, plus the fixed trials."""
         g = self.group_size
-        return sum(-(-n // g) for n in self.n_trials.values()) + len(self.fixed)
+        confirm = sum(len(v) for v in self.confirm_pending.values()) + sum(
+            1 for _ in self._confirm_issued())
+        return sum(-(-n // g) for n in self.n_trials.values()) + len(self.fixed) + confirm
+
+    def _confirm_issued(self) -> list[str]:
+        return [t for t, owner in self.owner.items() if owner is not None and owner.startswith(CONFIRM_PREFIX)]
 
     def _next_stream(self) -> str | None:
         best, best_progress = None, math.inf
@@ -161,8 +174,13 @@ class StudySearcher(Searcher):
         return best
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        confirm = self._suggest_confirm(trial_id)
+        if confirm is not None:
+            return {"spec": confirm}
         stream = self._next_stream()
         if stream is None:
+            if any(self.confirm_pending.values()):
+                return None  # the search is still running; Tune asks again (Searcher.suggest's "not now")
             return Searcher.FINISHED  # type: ignore[return-value]  # Tune's own sentinel, a str
         if stream == "__fixed__":
             spec = self.fixed[self.fixed_issued]
@@ -190,10 +208,12 @@ class StudySearcher(Searcher):
                                 ("is_paper_setting", is_paper)):
                 ot_trial.set_user_attr(name, value)
             members.append(TrialMember(setting, is_paper, ot_trial.number))
+            self.member_settings[mid] = setting
         self.issued[stream] += n
         self.trials_issued[stream] += 1
         self.owner[trial_id] = stream
         self.members[trial_id] = ids
+        self.search_open[stream].add(trial_id)
         return TrialSpec(dataset=stream, method="mislas", mixup=True, seed=seed, members=tuple(members),
                          optuna_study=self.study_names[stream])
 
@@ -206,10 +226,36 @@ class StudySearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         stream = self.owner.get(trial_id)
-        if stream is None:
+        if stream is None or stream.startswith(CONFIRM_PREFIX):
             return
         for k, mid in enumerate(self.members.get(trial_id, [])):
-            self.searchers[stream].on_trial_complete(mid, result=member_result(result, k), error=error)
+            values = member_result(result, k)
+            self.searchers[stream].on_trial_complete(mid, result=values, error=error)
+            score = None if error else confirm_score(values)
+            if score is not None and mid in self.member_settings:
+                self.search_scores[stream].setdefault(self.member_settings[mid], []).append(score)
+        self.search_open[stream].discard(trial_id)
+
+    def _suggest_confirm(self, trial_id: str) -> TrialSpec | None:
+        """The next --confirm-best trial: the best setting on validation (highest mean val acc,
+        then lowest mean val ECE: the report's rule, study.reporting.comparison) on one more seed,
+        once every searched trial of its data set has ended."""
+        for d, seeds in self.confirm_pending.items():
+            if not seeds or self.issued[d] < self.n_trials[d] or self.search_open[d]:
+                continue
+            if d not in self.confirmed:
+                self.confirmed[d] = best_setting(self.search_scores[d])
+                if self.confirmed[d] is None:
+                    logger.warning("%s: no searched setting has validation values; --confirm-best runs nothing", d)
+            best = self.confirmed[d]
+            if best is None:
+                seeds.clear()
+                continue
+            seed = seeds.pop(0)
+            self.owner[trial_id] = CONFIRM_PREFIX + d
+            return TrialSpec(dataset=d, method="mislas", mixup=True, seed=seed,
+                             members=(TrialMember(best, variant=CONFIRM_VARIANT),))
+        return None
 
     def save(self, checkpoint_path: str) -> None:
         import pickle
@@ -222,6 +268,26 @@ class StudySearcher(Searcher):
 
         with open(checkpoint_path, "rb") as fh:
             self.__dict__.update(pickle.load(fh))
+
+
+CONFIRM_PREFIX = "__confirm__:"
+
+
+def confirm_score(values: Mapping[str, Any] | None) -> tuple[float, float] | None:
+    """(val acc, val ECE) of a member that ran all its epochs, or None (stopped early, failed, NaN)."""
+    if not values or int(values.get("final", 0) or 0) != 1 or int(values.get("diverged", 0) or 0) == 1:
+        return None
+    acc, ece = values.get("val_acc"), values.get("val_ece")
+    if not isinstance(acc, (int, float)) or not isinstance(ece, (int, float)) or _nan(acc) or _nan(ece):
+        return None
+    return float(acc), float(ece)
+
+
+def best_setting(scores: Mapping[Stage2Setting, Sequence[tuple[float, float]]]) -> Stage2Setting | None:
+    """The setting of highest mean val acc, ties to the lowest mean val ECE, then the first asked."""
+    ranked = sorted(scores.items(), key=lambda kv: (-sum(a for a, _ in kv[1]) / len(kv[1]),
+                                                    sum(e for _, e in kv[1]) / len(kv[1])))
+    return ranked[0][0] if ranked else None
 
 
 class GroupedASHA(FIFOScheduler):

@@ -114,6 +114,7 @@ class StudySettings:
     sampler_seed: int
     progress: bool
     trackers: tuple[str, ...] = ()  # --log: tensorboard, mlflow, wandb (study.tracking)
+    confirm_best: bool = False  # --confirm-best: the best searched setting rerun on every seed
 
     @property
     def metric(self) -> list[str] | str:
@@ -165,7 +166,11 @@ class StudySettings:
     def planned_trials(self) -> int:
         """Rows the finished study holds: every MiSLAS setting, baseline and ablation variant."""
         fixed = sum(len(t.members) for t in self.fixed_trials())
-        return len(self.datasets) * self.trials + fixed
+        return len(self.datasets) * (self.trials + len(self.confirm_seeds())) + fixed
+
+    def confirm_seeds(self) -> tuple[int, ...]:
+        """The seeds --confirm-best reruns the best searched setting on (none without it)."""
+        return self.seeds if self.confirm_best and self.trials > 0 else ()
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same study (compared on resume)."""
@@ -181,4 +186,6 @@ class StudySettings:
             "spaces": {d: s.describe() for d, s in self.spaces.items()},
             "grace_period": self.grace_period, "reduction_factor": self.reduction_factor,
             "sampler_seed": self.sampler_seed, "group_size": self.group_size,
+            # left out when off, so studies made before the option keep their identity
+            **({"confirm_best": True} if self.confirm_best else {}),
         }

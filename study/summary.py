@@ -76,7 +76,8 @@ def summarize(s: StudySettings, trials: pd.DataFrame, *, results_uri: str, timin
                 f"{m}{'+mixup' if mix else ''}{'' if bn or m not in ('crt', 'lws') else ' (BN eval)'}":
                     float(g["val_acc"].mean())
                 for (m, mix, bn), g in base.groupby(["method", "mixup", base["shift_bn"].fillna(False)])}
-        ablation = sub[sub["variant"].notna() & (sub["status"] == schema.COMPLETE)] if len(sub) else sub
+        ablation = sub[sub["variant"].notna() & (sub["variant"].astype(object) != schema.CONFIRM_VARIANT)
+                       & (sub["status"] == schema.COMPLETE)] if len(sub) else sub
         if len(ablation):
             entry["ablation_test_acc"] = {str(v): float(g["test_acc"].mean()) for v, g in ablation.groupby("variant")}
         out["datasets"][d] = entry

@@ -327,7 +327,9 @@ class _TrialRun:
         finished = datetime.now(timezone.utc).isoformat()
         members = []
         for k, (cfg, r) in enumerate(zip(self.cfgs, res)):
-            self._write_tables(k, final_tables(self.ids[k], data, cfg, r))
+            member = self.spec.members[k]
+            keep = self.spec.optuna_study is None or member.is_paper_setting  # fixed rows and Table 6
+            self._write_tables(k, final_tables(self.ids[k], data, cfg, r, keep_predictions=keep))
             # stage2_s is the member's share of the group's Stage 2; wall_s the group's elapsed time
             self._write_outcome(k, replace(
                 outcomes[k], epochs_run=len(r.epochs), final=True, val=r.val.summary(), test=r.test.summary(),
@@ -346,8 +348,10 @@ class _TrialRun:
         self._report(report)
 
 
-def final_tables(trial_id: str, data: LTData, cfg: RunConfig, res: StageResult) -> dict[str, Any]:
-    """A finished member's epochs, classes and reliability tables (from its StageResult)."""
+def final_tables(trial_id: str, data: LTData, cfg: RunConfig, res: StageResult, *,
+                 keep_predictions: bool = False) -> dict[str, Any]:
+    """A finished member's epochs, classes, reliability, confidence and (``keep_predictions``:
+    per test image) predictions tables (from its StageResult)."""
     splits = class_splits(data.class_counts, cfg.eval.many_above, cfg.eval.few_below, cfg.eval.index_ranges)
     epsilon = res.extras.get("epsilon")
     return {
@@ -359,4 +363,5 @@ def final_tables(trial_id: str, data: LTData, cfg: RunConfig, res: StageResult) 
             trial_id, {"val": res.val.reliability, "test": res.test.reliability})),
         "confidence": results.table("confidence", results.confidence_rows(
             trial_id, {"val": res.val.confidence_quantiles, "test": res.test.confidence_quantiles})),
+        "predictions": results.predictions_table(trial_id, "test", res.test.samples if keep_predictions else None),
     }

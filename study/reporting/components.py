@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from study.reporting.common import TEST_METRICS, GroupKey, best_labels, complete_trials, seed_stats
+from study.schema import CONFIRM_VARIANT
 
 LAS_STATES = ("las", "ce", "uniform_ls")  # LAS on; off (cross-entropy); replaced by uniform LS
 STAGE1 = {"mixup": True, "plain": False}
@@ -95,7 +96,7 @@ class ComponentTable:
 
 def component_table(group: GroupKey, trials: pd.DataFrame) -> ComponentTable | None:
     """The group's component ablation; None when the group has no variant rows."""
-    rows = trials[group.mask(trials) & trials["variant"].notna()]
+    rows = trials[group.mask(trials) & trials["variant"].notna() & (trials["variant"].astype(object) != CONFIRM_VARIANT)]
     if rows.empty:
         return None
     done = complete_trials(rows)

@@ -106,3 +106,35 @@ def test_group_size_needs_fifo(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert settings.scheduler == "fifo" and settings.identity()["group_size"] == 3
     single = cli.parse(base)
     assert single.scheduler == "asha" and single.identity()["group_size"] == 1
+
+
+def test_confirm_best_reruns_the_best_setting_on_every_seed(tmp_path: Path) -> None:
+    """--confirm-best: after the search, the setting of highest mean val acc (ties: lower val
+    ECE) runs once more per seed as a fixed row (variant best_on_val), and the paired rows
+    (Table 6, the reruns) keep one predictions row per test image, consistent with test_acc."""
+    storage = tmp_path / "studies"
+    results = storage / "confirm"
+    proc = start(["study.run", *SMOKE, "--trials", "4", "--group-size", "2", "--seeds", "0,1", "--confirm-best",
+                  "--num-cpus", "2", "--set", "stage2.epochs=1", "--storage", str(storage), "--name", "confirm"],
+                 tmp_path / "run.log")
+    code = finish(proc, 400)
+    out = (tmp_path / "run.log").read_text()
+    assert code == 0, out[-3000:]
+    trials = pd.read_parquet(results / "trials.parquet")
+    assert (trials["status"] == "complete").all()
+    search = trials[trials["variant"].isna()]
+    confirm = trials[trials["variant"] == "best_on_val"]
+    assert len(search) == 4 and len(confirm) == 2 and sorted(confirm["seed"]) == [0, 1]
+    # the choice, recomputed from the search rows: mean val acc per setting, then val ECE
+    per_setting = search.groupby(KNOBS, dropna=False).agg(acc=("val_acc", "mean"), ece=("val_ece", "mean"))
+    best = per_setting.sort_values(["acc", "ece"], ascending=[False, True]).index[0]
+    for _, row in confirm.iterrows():
+        assert tuple(str(row[k]) for k in KNOBS) == tuple(str(v) for v in best)
+    predictions = pd.read_parquet(results / "predictions.parquet")
+    kept = set(trials.loc[trials["is_paper_setting"], "trial_id"]) | set(confirm["trial_id"])
+    assert set(predictions["trial_id"]) == kept
+    for tid, rows in predictions.groupby("trial_id"):
+        assert sorted(rows["sample"]) == list(range(1000))  # 100 test images a class, each once
+        row = trials[trials["trial_id"] == tid].iloc[0]
+        assert 100.0 * rows["correct"].mean() == pytest.approx(row["test_acc"], abs=1e-9)
+        assert rows["nll"].astype(float).mean() == pytest.approx(row["test_nll"], rel=1e-5)

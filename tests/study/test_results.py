@@ -58,7 +58,7 @@ def test_parts_written_once_and_unions_rebuilt(tmp_path: Path, location: str) ->
     assert results.write_part(store, "c", part("c", 20.0))
     assert not results.unions_current(store)  # parts only, no unions yet
     counts = results.rebuild_unions(store)
-    assert counts == {"trials": 2, "epochs": 2, "classes": 6, "reliability": 4, "confidence": 0}
+    assert counts == {"trials": 2, "epochs": 2, "classes": 6, "reliability": 4, "confidence": 0, "predictions": 0}
     assert results.unions_current(store)
     assert results.write_part(store, "d", part("d", 30.0))
     assert not results.unions_current(store)  # a part the unions do not hold yet
