@@ -24,6 +24,7 @@ from study.reporting.comparison import ComparisonTable, comparison_table
 from study.reporting.components import ComponentTable, component_table
 from study.reporting.importance import Importances, importances, studies_for
 from study.reporting.load import StudyData
+from study.reporting.paired import PairedTable, paired_table
 from study.reporting.status import StatusSummary, status_summary
 
 PROVENANCE_COLUMNS = ("mislas_version", "torch_version", "ray_version", "optuna_version", "python_version",
@@ -48,6 +49,8 @@ class GroupTables:
     calibration: CalibrationMetrics
     confidence: tuple[ConfidenceBoxes, ...]
     n_mislas_complete: int
+    paired: PairedTable | None = None  # comparison rows against MiSLAS
+    paired_components: PairedTable | None = None  # ablation variants against the full method
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class ReportTables:
 def _group_tables(group: GroupKey, data: StudyData) -> GroupTables:
     trials = data.trials
     comparison = comparison_table(group, trials)
+    components = component_table(group, trials)
     mislas = ablations.mislas_trials(group, trials)
     done = complete_trials(mislas)
     counts = ablations.class_counts(trials.loc[group.mask(trials), "trial_id"], data.classes)
@@ -75,7 +79,7 @@ def _group_tables(group: GroupKey, data: StudyData) -> GroupTables:
     return GroupTables(
         group=group,
         comparison=comparison,
-        components=component_table(group, trials),
+        components=components,
         heatmaps=ablations.heatmaps(done),
         forms=ablations.form_study(done, counts),
         effects=tuple(e for e in effects if e is not None),
@@ -87,7 +91,26 @@ def _group_tables(group: GroupKey, data: StudyData) -> GroupTables:
         calibration=calibration_metrics(comparison, trials),
         confidence=confidence_boxes(comparison, data.confidence),
         n_mislas_complete=len(done),
+        paired=_paired_methods(comparison, trials, data.predictions),
+        paired_components=_paired_components(components, trials, data.predictions),
     )
+
+
+FULL_METHOD_VARIANT = "mixup+shift_bn+las"
+
+
+def _paired_methods(comparison: ComparisonTable, trials: pd.DataFrame, predictions: pd.DataFrame) -> PairedTable | None:
+    """Each comparison row against MiSLAS: its best-tuned row when it has trials, else Table 6's."""
+    ids = comparison.trial_ids
+    reference = next((r for r in ("MiSLAS (best tuned)", "MiSLAS (paper setting)") if ids.get(r)), None)
+    return None if reference is None else paired_table(trials, predictions, ids, reference)
+
+
+def _paired_components(components: ComponentTable | None, trials: pd.DataFrame,
+                       predictions: pd.DataFrame) -> PairedTable | None:
+    if components is None or not components.trial_ids.get(FULL_METHOD_VARIANT):
+        return None
+    return paired_table(trials, predictions, components.trial_ids, FULL_METHOD_VARIANT)
 
 
 def _provenance(trials: pd.DataFrame) -> pd.DataFrame:

@@ -24,6 +24,7 @@ from study.reporting.display import (
     TableBlock,
     table_from_frame,
 )
+from study.reporting.paired import PAIRED_METRICS, PairedTable
 from study.reporting.published import SOURCES
 
 MAX_LISTED = 200  # longer lists of unfinished trials are cut, with a count of the rest
@@ -138,6 +139,49 @@ def components_display(table: ComponentTable) -> DisplayTable:
     note = f"{n} ablation trial{'s' if n != 1 else ''} stopped early or failed left out." if n else ""
     return DisplayTable(f"components-{table.group.slug}", caption, tuple(columns), tuple(rows), tuple(bold),
                         note, to_tex=True)
+
+
+def _signed(value: object, digits: int) -> str:
+    return "—" if not isinstance(value, float) or math.isnan(value) else f"{value:+.{digits}f}"
+
+
+def paired_display(key: str, table: PairedTable, what: str) -> DisplayTable:
+    """Per row: its difference from the reference by seed (mean [95 % t interval]) and the
+    bootstrap interval over test images, per metric."""
+    rows = []
+    for label, r in table.stats.iterrows():
+        cells = [str(label), str(int(r["n_seeds"]))]
+        for m in PAIRED_METRICS:
+            cells.append(f"{_signed(r[f'{m.label}_mean'], m.digits)} [{_signed(r[f'{m.label}_lo'], m.digits)}, "
+                         f"{_signed(r[f'{m.label}_hi'], m.digits)}]")
+            cells.append(f"[{_signed(r[f'{m.label}_boot_lo'], m.digits)}, {_signed(r[f'{m.label}_boot_hi'], m.digits)}]")
+        rows.append(cells)
+    frame = pd.DataFrame(rows, columns=["row", "seeds", *[f"Δ{m.label}{suffix}" for m in PAIRED_METRICS
+                                                          for suffix in (" by seed", " bootstrap")]])
+    caption = (f"{what} minus {table.reference}, test split, paired by seed: mean over the seeds both ran "
+               f"[95 % Student-t interval over seeds], and a 95 % bootstrap interval over test images "
+               f"({table.n_boot} resamples, the same images for both rows and every seed; ECE with "
+               f"{table.n_bins} bins). Accuracy and ECE in points, NLL in nats; positive = higher than "
+               f"{table.reference} (for ECE and NLL: worse). '—': one seed only, or no predictions.parquet rows.")
+    return table_from_frame(key, caption, frame, index=False, to_tex=True)
+
+
+def paired_section(groups: tuple[GroupTables, ...]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "1b. Paired differences against MiSLAS", "paired")]
+    shown = False
+    for g in groups:
+        if g.paired is None and g.paired_components is None:
+            continue
+        shown = True
+        blocks.append(Heading(3, g.group.label, f"paired-{g.group.slug}"))
+        if g.paired is not None:
+            blocks.append(TableBlock(paired_display(f"paired-{g.group.slug}", g.paired, "Each method")))
+        if g.paired_components is not None:
+            blocks.append(TableBlock(paired_display(f"paired-components-{g.group.slug}", g.paired_components,
+                                                    "Each component-ablation variant")))
+    if not shown:
+        blocks.append(Para("No rows to pair: the comparison has no MiSLAS trials.", note=True))
+    return blocks
 
 
 def component_section(groups: tuple[GroupTables, ...]) -> list[Block]:
@@ -397,6 +441,7 @@ def build_document(t: ReportTables) -> Document:
     blocks: list[Block] = [Para(n, note=True) for n in t.notes]
     blocks += status_section(t)
     blocks += comparison_section(t.groups)
+    blocks += paired_section(t.groups)
     blocks += component_section(t.groups)
     blocks += ablation_section(t.groups)
     blocks += calibration_section(t.groups)

@@ -87,6 +87,7 @@ class StudyData:
     confidence: pd.DataFrame
     optuna: OptunaInfo
     notes: tuple[str, ...]
+    predictions: pd.DataFrame = field(default_factory=pd.DataFrame)  # per test image (paired bootstrap)
 
 
 def _with_columns(frame: pd.DataFrame, file: str, columns: tuple[str, ...], notes: list[str]) -> pd.DataFrame:
@@ -228,5 +229,6 @@ def load_study(root: Path | str | os.PathLike[str] | Store) -> StudyData:
         reliability=tables["reliability"],
         confidence=tables["confidence"],
         optuna=load_optuna(store),
+        predictions=tables["predictions"],
         notes=tuple(notes),
     )
