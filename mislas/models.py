@@ -240,8 +240,8 @@ def _places_resnet152(num_classes: int, pretrained: str | None, load_pretrained:
     juyongjiang/FBL models/resnet_places.py ``_resnet`` and ``resnet152_p``), and trains a
     separately built ``Bottleneck(2048, 512)`` with the classifier (train_stage1.py:123-126 builds
     it, :222-226 optimises block and classifier only, :288-290 keeps the trunk in eval mode;
-    line numbers of commit 6d9530e). Stage 2's shift BN re-estimates this block's statistics
-    only (train_stage2.py:312-317), which is what training ``body`` means here. The depth
+    line numbers of the pull-request commit 6d9530e as stored in our code index). Stage 2's
+    shift BN re-estimates this block's statistics only (train_stage2.py:303-308 at 0fc381e), which is what training ``body`` means here. The depth
     stays 152: 1 + 3·(3+8+36+3) + 1, as torchvision's ResNet-152. The new block keeps
     PyTorch's default initialisation, as the reference's standalone block does (the ResNet's
     kaiming_normal_ loop only runs inside ResNet.__init__). The trunk's modules keep

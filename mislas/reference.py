@@ -3,9 +3,11 @@
 Why: the authors publish Stage-1 and Stage-2 models; reading them lets a user evaluate the
 published models with our metrics and search Stage 2 on the authors' own Stage 1.
 
-The reference's file layout (line numbers are those of the files as stored in our code index:
-train_stage1.py at commit 6d9530e, train_stage2.py at b4e576d, datasets/places.py at bb5ba7e,
-datasets/ina2018.py at dcdc6cf):
+The reference's file layout. The published numbers come from dvlab-research/MiSLAS at 0fc381e
+(its main branch); our code index holds other commits of it, so the line numbers below are those
+of the files as stored there: train_stage1.py at 6d9530e, train_stage2.py at b4e576d (a
+pull-request branch: its train_stage2.py lines are 0fc381e's + 9 after the resume block),
+datasets/places.py at bb5ba7e, datasets/ina2018.py at dcdc6cf:
 
 - Top level (``save_checkpoint`` in train_stage1.py:257-273 and train_stage2.py:277-294):
   ``epoch``, ``state_dict_model``, ``state_dict_classifier``, ``best_acc1``, ``its_ece``;

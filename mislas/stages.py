@@ -641,8 +641,8 @@ class Stage2Member:
 def _new_member(index: int, cfg: RunConfig, stage1_head: nn.Linear, data: LTData) -> Stage2Member:
     """The one construction of a method's head, loss, optimizer (named param groups) and cosine schedule.
 
-    MiSLAS follows the reference's train_stage2.py (dvlab-research/MiSLAS at b4e576d): one SGD
-    over two param groups, the classifier (W + ΔW) and the per-class scale (lines 250-253), with the classifier's lr at ``lr_factor``
+    MiSLAS follows the reference's train_stage2.py (dvlab-research/MiSLAS at 0fc381e): one SGD
+    over two param groups, the classifier (W + ΔW) and the per-class scale (lines 241-244), with the classifier's lr at ``lr_factor``
     (our ``dw_ratio``) times the cosine lr and the scale's at the cosine lr, set at the start of
     each epoch (its ``adjust_learning_rate``); weight decay applies to both groups there too.
     """
@@ -809,9 +809,9 @@ def train_stage2_group(
         order.set_epoch(epoch)
         lrs = [m.lrs() for m in members]
         # Shift BN: the frozen body in train mode re-estimates BN statistics on the class-balanced
-        # batches, as the MiSLAS reference (train_stage2.py at b4e576d, lines 312-322: with shift_bn
+        # batches, as the MiSLAS reference (train_stage2.py at 0fc381e, lines 303-313: with shift_bn
         # the model, on Places only the added block, in train mode) and Kang et al.'s cRT/LWS
-        # (classifier-balancing at 22370c6, run_networks.py lines 248-249: model.train() on every
+        # (classifier-balancing f162ade, run_networks.py ``train``: model.train() on every
         # network each epoch). The trunk (Places' pretrained part) stays in eval
         # mode (Network.train).
         backbone.train()

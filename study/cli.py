@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the study NAME (it must exist)")
     p.add_argument("--address", default=None, help="Ray cluster to join (default: start Ray in this process)")
     p.add_argument("--budget", choices=PRESETS, default="paper",
-                   help="paper (Table 6 epochs) or smoke (a small CPU budget)")
+                   help="paper (Table 6), reference (the reference code's config files: differs from Table 6 only in "
+                        "iNaturalist's Stage 2, docs/method.md) or smoke (a small CPU budget)")
     p.add_argument("--seeds", type=seed_list, default=(0,), help="training seeds, comma separated (default 0)")
     p.add_argument("--methods", type=choices_list(METHODS), default=("mislas",),
                    help=f"comma separated from {', '.join(METHODS)}; non-mislas methods run as fixed baselines "

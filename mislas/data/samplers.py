@@ -145,11 +145,12 @@ def class_aware_epoch_samples(epoch_length: EpochLength, class_counts: Sequence[
     """Samples in one Stage-2 epoch of class-aware batches of ``batch_size``.
 
     * ``"reference"``: what the MiSLAS reference trains on per epoch. Its train_stage2.py
-      (dvlab-research/MiSLAS at b4e576d) sets ``end_steps = ceil(N / B)`` from the LT training
-      set's size N (lines 303-304) and breaks when the batch index exceeds it (lines 327-329), so an epoch
+      (dvlab-research/MiSLAS at 0fc381e) sets ``end_steps = ceil(N / B)`` from the LT training
+      set's size N (lines 294-295) and breaks when the batch index exceeds it (lines 318-320), so an epoch
       is ``ceil(N/B) + 1`` batches, or the sampler's whole ``K * n_max`` if that is shorter
       (the ``for`` loop then ends first). Kang et al.'s cRT/LWS code (facebookresearch/
-      classifier-balancing at 22370c6, run_networks.py lines 61-63 and 263-266) runs
+      classifier-balancing f162ade, run_networks.py: ``epoch_steps`` in ``__init__`` and the
+      ``train`` loop) runs
       ``floor(N/B)`` steps instead; an integer
       ``epoch_length`` reproduces that.
     * ``"sampler"``: the sampler's nominal epoch, ``K * n_max`` (every class drawn as often as
@@ -181,10 +182,9 @@ class ClassAwareEpochs:
     """Stage 2's class-aware epochs: cycles that continue across epochs, epochs of a set length.
 
     Why continue: the reference's sampler (Kang et al.'s ClassAwareSampler, classifier-balancing
-    at 22370c6, data/ClassAwareSampler.py, which MiSLAS's datasets/cifar10.py etc. use) builds its class
-    cycle and per-class cycles once, in ``__init__`` (lines 69 and 73); ``__iter__`` (lines
-    77-79) returns a new generator over those same cycles. Each epoch's new ``for`` over the
-    loader (MiSLAS train_stage2.py at b4e576d, line 327) therefore starts a new iteration whose count
+    f162ade, data/ClassAwareSampler.py, which MiSLAS's datasets/cifar10.py etc. use) builds its class
+    cycle and per-class cycles once, in ``__init__``; ``__iter__`` returns a new generator over those same cycles. Each epoch's new ``for`` over the
+    loader (MiSLAS train_stage2.py at 0fc381e, line 318) therefore starts a new iteration whose count
     restarts but whose cycles go on where the last epoch left them: over a few short epochs a
     head class is walked through without repeats. We follow that. Departure: the reference's
     DataLoader has prefetched a few batches past its break, which are lost to the next epoch;

@@ -135,3 +135,31 @@ def test_from_dict_round_trip_and_validation() -> None:
     raw["stage2"]["eps_1"] = float("nan")
     with pytest.raises(UsageError, match="stage2.eps_1"):
         from_dict(raw)
+
+
+def test_inat_stage2_source_is_explicit_table6_by_default() -> None:
+    from mislas.config import preset_config
+
+    table6, ref = preset_config("paper", "inat2018").stage2, preset_config("reference", "inat2018").stage2
+    assert (table6.eps_1, table6.epochs) == (0.4, 30)  # Table 6
+    assert (ref.eps_1, ref.epochs) == (0.3, 10)  # config/ina2018/ina2018_resnet50_stage2_mislas.yaml
+    assert preset_config("reference", "imagenet_lt") == preset_config("paper", "imagenet_lt")
+
+
+def test_cifar_presets_count_splits_as_the_references_published_numbers() -> None:
+    """CIFAR-100-LT β=100 (n_i = ⌊500·0.01^(i/99)⌋): thresholds give 35/35/30 classes, the
+    reference's index ranges 36/35/29, which the CIFAR presets use."""
+    import numpy as np
+
+    from mislas.splits import class_splits
+
+    counts = [int(500 * 0.01 ** (i / 99)) for i in range(100)]
+    by_threshold = class_splits(counts)
+    assert [int(np.sum(by_threshold[k])) if by_threshold[k].dtype == bool else len(by_threshold[k])
+            for k in ("many", "medium", "few")] == [35, 35, 30]
+    ev = paper_config("cifar100_lt").eval
+    by_range = class_splits(counts, ev.many_above, ev.few_below, ev.index_ranges)
+    assert [int(np.sum(by_range[k])) if by_range[k].dtype == bool else len(by_range[k])
+            for k in ("many", "medium", "few")] == [36, 35, 29]
+    assert paper_config("cifar10_lt").eval.index_ranges == (3, 4)
+    assert paper_config("fashion_mnist_lt").eval.index_ranges is None  # no published figures: thresholds
