@@ -128,7 +128,11 @@ def check_tables(results: Path, n: int) -> pd.DataFrame:
     failed = trials[trials["status"] == "failed"]
     assert failed["error"].str.startswith("diverged").all(), failed["error"].tolist()
     for tid in failed["trial_id"]:
-        assert not list((results / "tune").glob(f"*-{tid}/error.txt")), f"diverged trial {tid} was retried"
+        # (an error.txt may exist where the test killed the trial's worker: only a raised
+        # divergence would mean a retry)
+        for error in (results / "tune").glob(f"*-{tid}/error.txt"):
+            text = error.read_text(errors="replace")
+            assert "NonFiniteError" not in text and "diverged" not in text, f"diverged trial {tid} was retried"
     assert (trials["dataset"] == "fashion_mnist_lt").all() and (trials["imb_factor"] == 100.0).all()
     done = trials[trials["status"] == "complete"]
     early = trials[trials["status"] == "stopped_early"]
