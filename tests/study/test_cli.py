@@ -56,7 +56,7 @@ def run_main(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, 
         (["--group-size", "two"], "--group-size"),
         (["--group-size", "2", "--scheduler", "asha"], "--scheduler asha: cannot be used with --group-size 2"),
         (["--stage1-workers", "0"], "--stage1-workers"),
-        (["--stage1-workers", "3"], "--stage1-workers 3: fashion_mnist_lt's stage1.batch_size=128 is not a multiple"),
+        (["--stage1-workers", "3"], "--stage1-workers 3: fashion_mnist_lt's stage1.batch_size=32 is not a multiple"),
         (["--stage1-gpus-per-worker", "-1"], "--stage1-gpus-per-worker"),
         (["--log", "tensorboard,neptune"], "--log: unknown tracker 'neptune'; allowed: tensorboard, mlflow, wandb"),
         (["--log", "mlflow", "--storage", "mock:///studies"], "--log mlflow: the study's storage is remote; set "

@@ -40,7 +40,7 @@ def test_given_stage1_needs_no_training(tmp_path: Path) -> None:
 
 
 def test_worker_count_must_divide_the_global_batch() -> None:
-    with pytest.raises(UsageError, match=r"--stage1-workers 3: fashion_mnist_lt's stage1.batch_size=128 is not a "
+    with pytest.raises(UsageError, match=r"--stage1-workers 3: fashion_mnist_lt's stage1.batch_size=32 is not a "
                                          r"multiple of it"):
         cli.parse([*SMOKE, "--stage1-workers", "3"])
     assert cli.parse([*SMOKE, "--stage1-workers", "2"]).identity()["stage1_workers"] == 2
