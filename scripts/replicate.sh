@@ -5,7 +5,7 @@
 # Stage 2 of 10 epochs at CIFAR-10-LT β=100's Table 6 row; CE / cRT / LWS / τ-norm each with and
 # without mixup, MiSLAS at Table 6 and 48 settings searched on validation, the best one rerun on
 # every seed (--confirm-best), the component ablation, temperature scaling on every row; seeds
-# 0, 1, 2. About 75 min on a 2-core CPU (docs/replication.md). Not a test.
+# 0, 1, 2. About 47 min on a 2-core CPU (measured 2026-12-06, docs/replication.md). Not a test.
 # Results: runs/replication/*.parquet; report: runs/replication/report/. Extra arguments go to
 # study.run (e.g. --storage DIR); a rerun resumes.
 set -euo pipefail
