@@ -4,7 +4,7 @@ Each file holds the run config and the data fingerprint beside the tensors, so a
 checkpoint cannot silently be reused on other data or another Stage-1 recipe. Writes go
 through the project's one atomic writer (:func:`mislas.atomic.write_atomic`, re-exported
 here): a temporary file in the same folder renamed over the target, so a crash mid-write
-leaves the previous checkpoint intact.
+leaves the previous checkpoint intact. Reads are weights-only: a file is data, never code.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 
 from mislas.atomic import write_atomic
 from mislas.errors import UsageError
+from mislas.safe_load import load_torch_file
 
 FORMAT_VERSION = 1
 
@@ -28,13 +29,9 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
 
 
 def load(path: Path) -> dict[str, Any]:
+    """One of our checkpoints, read weights-only (:func:`mislas.safe_load.load_torch_file`)."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise UsageError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from None
+    payload = load_torch_file(path)
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         raise UsageError(f"checkpoint {path} is not a mislas checkpoint of format {FORMAT_VERSION}")
     return payload

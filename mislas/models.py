@@ -20,6 +20,7 @@ from torchvision import models as tv_models
 from torchvision.models.resnet import Bottleneck
 
 from mislas.errors import UsageError
+from mislas.safe_load import load_torch_file
 
 
 class Network(nn.Module):
@@ -205,7 +206,7 @@ def _load_pretrained(arch: str, model: nn.Module, pretrained: str, *, unused: tu
         path = Path(pretrained)
         if not path.is_file():
             raise UsageError(f"--pretrained: no such file {path}; give a torchvision {arch} state_dict (.pth)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_file(path)  # weights-only: a file is data, never code
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         state = {k.removeprefix("module."): v for k, v in state.items()}

@@ -44,14 +44,12 @@ ran. CIFAR-LT is not renumbered (datasets/cifar100.py: ``targets`` kept).
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -59,6 +57,7 @@ from mislas.config import RunConfig
 from mislas.data.types import FileListSplit, LTData
 from mislas.errors import UsageError
 from mislas.models import Network, ResNet32Body, ScaledClassifier, build_model
+from mislas.safe_load import load_torch_file
 
 MODEL = "state_dict_model"
 CLASSIFIER = "state_dict_classifier"
@@ -73,38 +72,10 @@ _OPTIONAL_SUFFIX = ".num_batches_tracked"  # BN's step counter: unused in eval, 
 
 # --- reading files ----------------------------------------------------------------------------
 
-def _numpy_safe_globals() -> list[Any]:
-    """NumPy scalars and dtypes, for ``its_ece`` (a NumPy float) under ``weights_only=True``.
-
-    A NumPy 1.x pickle names ``numpy.core.multiarray.scalar``, a NumPy 2 pickle
-    ``numpy._core.multiarray.scalar``: both are allowed by name.
-    """
-    try:
-        multiarray = importlib.import_module("numpy._core.multiarray")
-    except ImportError:  # NumPy 1.x
-        multiarray = importlib.import_module("numpy.core.multiarray")
-    scalar = multiarray.scalar
-    dtype_classes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
-    return [
-        (scalar, "numpy.core.multiarray.scalar"),
-        (scalar, "numpy._core.multiarray.scalar"),
-        np.dtype,
-        *dtype_classes,
-    ]
-
-
 def read_checkpoint_file(path: Path | str) -> dict[str, Any]:
     """The top-level dict of a checkpoint file, loaded without running arbitrary pickled code."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or damaged files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UsageError(f"checkpoint {path} cannot be read as a weights-only torch file "
-                         f"({type(exc).__name__}: {first[:200]})") from None
+    payload = load_torch_file(path)  # weights-only, with the NumPy scalars of the reference's files
     if not isinstance(payload, dict):
         raise UsageError(f"checkpoint {path} holds a {type(payload).__name__}, not a dict of state dicts")
     return payload

@@ -3,15 +3,20 @@
 The edge of the library: it builds the frozen config once (preset, flags, ``--set``),
 picks the device, trains or reuses Stage 1 under ``DIR/stage1``, runs the chosen Stage-2
 method under ``DIR/stage2-<method>``, and writes ``DIR/metrics.json``. Bad input (flags,
-config values, an unavailable device, an ``--out`` that is a file) exits with status 2 and
-one line naming the file, field or value, before any data is loaded.
+config values, an unavailable device, an ``--out`` that is a file, a checkpoint that is not
+data) exits with status 2 and one line naming the file, field or value; an ``--out`` folder
+this run made is removed again if the refusal left it empty. A diverged run
+(:class:`NonFiniteError`) exits with status 1 and one line naming the stage, epoch and member
+and the learning rate to lower.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import re
 import sys
 import time
 from dataclasses import asdict, replace
@@ -34,7 +39,7 @@ from mislas.config import (
 )
 from mislas.data import DATASETS, LTData, load_dataset
 from mislas.data.samplers import class_aware_epoch_steps
-from mislas.errors import EXIT_USAGE, UsageError
+from mislas.errors import EXIT_USAGE, NonFiniteError, UsageError
 from mislas.reference import load_any_stage1
 from mislas.stages import StageResult, resolve_device, train_stage1, train_stage2
 
@@ -206,16 +211,54 @@ def _format_row(name: str, summary: dict[str, float | None]) -> str:
             f"{f(summary['acc_few'])} {f(summary['ece'])} {f(summary['nll'])}")
 
 
+def divergence_line(exc: NonFiniteError, cfg: RunConfig) -> str:
+    """One line for a diverged run: where (stage, epoch, member) and what to try."""
+    stage = cfg.stage1 if exc.stage == 1 else cfg.stage2
+    member = exc.member if exc.member is not None else 0  # mislas.train trains one config: member 0
+    found = re.search(r"\(([^()]*)\)\s*$", str(exc))
+    what = found.group(1) if found else "non-finite values"
+    return (f"stage {exc.stage}, epoch {exc.epoch}, member {member}: training diverged ({what}); try a lower "
+            f"learning rate, e.g. --set stage{exc.stage}.lr={stage.lr / 10:g} (now {stage.lr:g})")
+
+
+def first_missing(out: Path) -> Path | None:
+    """The outermost folder of ``out`` that does not exist yet (what this run would make)."""
+    if out.exists():
+        return None
+    made = out.absolute()
+    while not made.parent.exists():
+        made = made.parent
+    return made
+
+
+def remove_if_left_empty(made: Path | None) -> None:
+    """Remove the folders a refused run made (``made`` and below) that it left empty; never a file."""
+    if made is None or not made.is_dir():
+        return
+    for folder, _, _ in os.walk(made, topdown=False):
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty: something was written there
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    made = first_missing(args.out)
+    cfg: RunConfig | None = None
     try:
         check_out(args.out)
         cfg = resolve_config(args)
         metrics = run(cfg, args.out, stage1_checkpoint=args.stage1_checkpoint, progress=not args.quiet)
     except UsageError as exc:
+        remove_if_left_empty(made)
         message = " ".join(str(exc).split())  # one line, whatever the message held
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except NonFiniteError as exc:
+        assert cfg is not None  # only training diverges
+        print(f"error: {divergence_line(exc, cfg)}", file=sys.stderr)
+        return 1
     stage1_name = "CE+mixup" if cfg.stage1.mixup else "CE"
     mislas_name = "MiSLAS" if cfg.stage1.mixup else "MiSLAS (plain S1)"
     method_name = {"mislas": mislas_name, "ce": stage1_name, "crt": "cRT", "lws": "LWS", "tau_norm": "tau-norm"}

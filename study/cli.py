@@ -233,6 +233,19 @@ def _stage1_checkpoints(items: Sequence[str], datasets: Sequence[str], *, check_
     return out
 
 
+def _sha256s(paths: dict[str, str]) -> dict[str, str]:
+    """The sha256 of each given Stage-1 file (part of the study identity)."""
+    from study.stage1_cache import file_sha256
+
+    out = {}
+    for d, path in paths.items():
+        try:
+            out[d] = file_sha256(Path(path))
+        except OSError as exc:
+            raise UsageError(f"--stage1-checkpoint: cannot read {path} ({type(exc).__name__}: {exc})") from None
+    return out
+
+
 def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySettings:
     """The rules between options, the configs and the search spaces; raises UsageError.
 
@@ -263,6 +276,9 @@ def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySett
         data_root = str(Path(data_root).resolve())
     if not args.storage:
         raise UsageError("--storage: must not be empty")
+    if args.num_cpus is not None and args.cpus_per_trial > args.num_cpus:
+        raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g}: more than --num-cpus {args.num_cpus}, so no "
+                         f"trial could start")
     for item in args.overrides:
         key = item.split("=", 1)[0].strip()
         if key in STUDY_KEYS:
@@ -270,6 +286,7 @@ def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySett
                              f"it cannot be overridden")
 
     stage1 = _stage1_checkpoints(args.stage1_checkpoint, datasets, check_paths=check_paths)
+    stage1_sha256 = _sha256s(stage1) if check_paths else {}
     if stage1 and (False in MIXUP_CHOICES[args.baseline_mixup] or args.ablation != "none"):
         raise UsageError("--stage1-checkpoint: the given Stage 1 is the mixup one; plain-Stage-1 trials need their "
                          "own: use --baseline-mixup on and --ablation none with it")
@@ -313,6 +330,7 @@ def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySett
         overrides=tuple(args.overrides), grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         max_failures=args.max_failures, num_cpus=args.num_cpus, sampler_seed=args.sampler_seed,
         progress=bool(args.progress), trackers=tuple(args.log), confirm_best=bool(args.confirm_best),
+        stage1_sha256=stage1_sha256,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from mislas.errors import UsageError
 from study import journal
-from study.settings import StudySettings
+from study.settings import StudySettings, canonical_overrides
 from study.storage import LockHeld, StorageError, Store, StudyLock
 
 if TYPE_CHECKING:
@@ -61,6 +62,17 @@ def trial_name(trial: Any) -> str:
     return f"{trial.config['spec'].label()}-{trial.trial_id}"
 
 
+SHA_KEY = "stage1_checkpoint_sha256"
+
+
+def changed_stage1_line(s: StudySettings, theirs: dict[str, str], mine: dict[str, str]) -> str:
+    """The refusal of a resume whose --stage1-checkpoint file is not the one the study started with."""
+    d = next(d for d in sorted(mine) if theirs.get(d) != mine[d])
+    then = str(theirs.get(d) or "none")[:12]
+    return (f"--stage1-checkpoint {s.stage1_checkpoints[d]}: not the file study {s.name} started with for {d} "
+            f"(sha256 {mine[d][:12]} now, {then} then); give that file back to resume, or pick a new --name")
+
+
 def check_study_json(s: StudySettings, results: Store) -> dict[str, Any] | None:
     """The saved study.json, after checking a rerun of that name has the same settings."""
     if not results.exists("study.json"):
@@ -69,11 +81,49 @@ def check_study_json(s: StudySettings, results: Store) -> dict[str, Any] | None:
         return None
     saved: dict[str, Any] = json.loads(results.read_bytes("study.json"))
     mine = json.loads(json.dumps(s.identity()))
-    diff = sorted(k for k in mine if saved.get("identity", {}).get(k) != mine[k])
+    theirs = dict(saved.get("identity", {}))
+    if isinstance(theirs.get("overrides"), list):  # studies saved before the canonical order
+        theirs["overrides"] = canonical_overrides([str(o) for o in theirs["overrides"]])
+    if SHA_KEY not in theirs:  # a study made before the files' sha256 were recorded: not compared
+        mine.pop(SHA_KEY, None)
+    diff = sorted(k for k in mine if theirs.get(k) != mine[k])
+    if SHA_KEY in diff:
+        raise UsageError(changed_stage1_line(s, theirs.get(SHA_KEY) or {}, mine[SHA_KEY]))
     if diff:
         raise UsageError(f"--name {s.name}: a study of that name with other settings exists at {results.uri()} "
                          f"(differs in {', '.join(diff)}); rerun with its settings to resume it, or pick a new --name")
     return saved
+
+
+def sigterm_as_ctrl_c() -> Any:
+    """SIGTERM handled as Ctrl-C (a scheduler's or ``kill``'s stop): during ``Tuner.fit`` Tune's
+    SIGINT handler saves the experiment state and returns, so the summary and the rerun hint
+    follow (exit 1); elsewhere it raises KeyboardInterrupt (study.run: rc 1 and the hint).
+    Installed after ``ray.init``, whose own SIGTERM handler exits mid-call (a C abort, rc 134).
+    Returns the previous handler."""
+    def handler(signum: int, frame: Any) -> None:
+        current = signal.getsignal(signal.SIGINT)
+        if callable(current) and current is not signal.default_int_handler:
+            current(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def check_resources(s: StudySettings, cluster: dict[str, float]) -> None:
+    """Refuse, up front, a trial or Stage-1 worker the cluster can never place (Tune would wait
+    forever, warning every 60 s): more CPUs than the cluster has, or GPUs it does not have."""
+    cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+    if s.cpus_per_trial > cpus:
+        raise UsageError(f"--cpus-per-trial {s.cpus_per_trial:g}: the Ray cluster has {cpus:g} CPUs, so no trial "
+                         f"could start; give at most {cpus:g}")
+    for option, wanted in (("--gpus-per-trial", s.gpus_per_trial), ("--stage1-gpus-per-worker",
+                                                                    s.stage1_gpus_per_worker)):
+        if wanted is not None and wanted > gpus:
+            has = f"{gpus:g} GPUs" if gpus else "no GPU"
+            raise UsageError(f"{option} {wanted:g}: the Ray cluster has {has}, so nothing could start; "
+                             f"give at most {gpus:g}" + ("" if gpus else " (0 = CPU)"))
 
 
 def say(line: str) -> None:
@@ -175,7 +225,9 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
         check_resume(s, results, local_cache)
 
     started_ray, ray_init_s = init_ray(s.address, s.num_cpus)
+    previous_sigterm = sigterm_as_ctrl_c()
     try:
+        check_resources(s, ray.cluster_resources())
         default_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         gpus = s.gpus_per_trial if s.gpus_per_trial is not None else default_gpus
         device = "cuda" if gpus > 0 else "cpu"
@@ -254,6 +306,7 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
             return 1
         return 0 if summary["trials"]["finished"] else 1
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         if started_ray:
             ray.shutdown()
 

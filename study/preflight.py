@@ -6,7 +6,8 @@ missing root, a malformed split list or a missing or broken image file is a
 :class:`mislas.errors.UsageError` naming it, before any worker starts and before the study's
 folder is written. A backbone that starts from pretrained weights
 (Places-LT's ResNet-152) must find them without a download (a given file, or torch's hub
-cache), unless the study is given its Stage 1 (``--stage1-checkpoint``).
+cache), unless the study is given its Stage 1 (``--stage1-checkpoint``); a given Stage 1 is
+read as its trials will read it (weights-only, its data and recipe checked).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import sys
 import time
 
+from mislas.config import RunConfig
 from mislas.data import LTData
 from mislas.errors import UsageError
 from study.settings import StudySettings
@@ -40,6 +42,19 @@ def check_image_sample(dataset: str, data: LTData) -> None:
                          f"... --check-files checks them all")
 
 
+def check_stage1_checkpoint(path: str, data: LTData, cfg: RunConfig) -> None:
+    """Read the given Stage 1 as every trial will (weights-only; ours: data and recipe checked;
+    the reference's: names and shapes), on the CPU, so a refused file stops the study here."""
+    import torch
+
+    from mislas.reference import load_any_stage1
+
+    try:
+        load_any_stage1(path, data, cfg, torch.device("cpu"))
+    except UsageError as exc:
+        raise UsageError(f"--stage1-checkpoint: {exc}") from None
+
+
 def check_data(s: StudySettings) -> dict[str, str]:
     """Load every data set of the study once; raises UsageError naming the data set and the problem.
 
@@ -61,6 +76,8 @@ def check_data(s: StudySettings) -> dict[str, str]:
               f"{len(data.test.labels)} test images, {data.num_classes} classes "
               f"(checked in {time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
         check_image_sample(d, data)
+        if d in s.stage1_checkpoints:
+            check_stage1_checkpoint(s.stage1_checkpoints[d], data, cfg)
         fingerprints[d] = data.fingerprint
         problem = None if d in s.stage1_checkpoints else pretrained_problem(cfg.stage1.arch, cfg.stage1.pretrained)
         if problem is not None:

@@ -5,7 +5,8 @@
 
 Without ``--address`` Ray starts in this process (all local CPUs); with one it joins that
 cluster (inside a Ray job, ``RAY_ADDRESS`` does the same). Bad input exits with status 2 and
-one line naming the option, file or key, before Ray starts. The parts: study.cli (command
+one line naming the option, file or key, before Ray starts. Ctrl-C and SIGTERM end it with
+status 1 and the line to rerun. The parts: study.cli (command
 line), study.settings (validated settings, configs built once), study.driver (Tune),
 study.journal (Optuna journal), study.summary (what is printed at the end).
 """
@@ -36,6 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"python -m study.run: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside Tune's fit (study.driver.sigterm_as_ctrl_c)
+        print("[study] interrupted; rerun the same command (or add --resume) to continue: finished trials and "
+              "Stage 1s are kept", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

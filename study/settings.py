@@ -9,7 +9,7 @@ and shipped to the trials whole; trials only add their method, seed and setting
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import product
 from typing import Any
 
@@ -43,6 +43,16 @@ STUDY_KEYS = {
 def imb_for(dataset: str, imb_factor: float | None) -> float | None:
     """β applies to the array data sets (CIFAR, Fashion-MNIST); list data sets have their own."""
     return imb_factor if DATASETS[dataset].kind == "array" else None
+
+
+def canonical_overrides(items: tuple[str, ...] | list[str]) -> list[str]:
+    """``--set`` items in one order (by key; the last value of a repeated key, as applied), so a
+    resume with the same flags in another order is the same study."""
+    last: dict[str, str] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        last[key.strip()] = f"{key.strip()}={text.strip()}" if sep else item
+    return [last[k] for k in sorted(last)]
 
 
 def base_config(dataset: str, *, budget: str, imb_factor: float | None, overrides: tuple[str, ...],
@@ -119,6 +129,7 @@ class StudySettings:
     progress: bool
     trackers: tuple[str, ...] = ()  # --log: tensorboard, mlflow, wandb (study.tracking)
     confirm_best: bool = False  # --confirm-best: the best searched setting rerun on every seed
+    stage1_sha256: dict[str, str] = field(default_factory=dict)  # data set -> sha256 of its --stage1-checkpoint
 
     @property
     def metric(self) -> list[str] | str:
@@ -184,9 +195,11 @@ class StudySettings:
             "methods": list(self.methods), "baseline_mixup": list(self.baseline_mixup),
             "baseline_bn": list(self.baseline_bn), "ablation": self.ablation,
             "stage1_checkpoints": dict(self.stage1_checkpoints),
+            # the given files' contents: another file behind the same path is another study
+            **({"stage1_checkpoint_sha256": dict(self.stage1_sha256)} if self.stage1_sha256 else {}),
             # the worker count is part of the Stage-1 keys; left out at 1 (studies made before it existed)
             **({"stage1_workers": self.stage1_workers} if self.stage1_workers != 1 else {}),
-            "imb_factor": self.imb_factor, "overrides": list(self.overrides), "data_root": self.data_root,
+            "imb_factor": self.imb_factor, "overrides": canonical_overrides(self.overrides), "data_root": self.data_root,
             "spaces": {d: s.describe() for d, s in self.spaces.items()},
             "grace_period": self.grace_period, "reduction_factor": self.reduction_factor,
             "sampler_seed": self.sampler_seed, "group_size": self.group_size,

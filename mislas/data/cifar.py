@@ -8,7 +8,6 @@ still what downloads them, and only when ``download=True``.
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from mislas.data.lt import build_array_lt
 from mislas.data.types import DatasetSpec, LoadOptions, LTData
 from mislas.errors import UsageError
+from mislas.safe_load import load_cifar_pickle
 
 DEFAULT_ROOT = Path("data")
 """Where CIFAR is looked for (and downloaded to) when no data root is given."""
@@ -54,14 +54,11 @@ def find_cifar_dir(root: Path, layout: CifarLayout) -> Path | None:
 def read_cifar_pickle(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 [N, 32, 32, 3] (rows are 1024 R, 1024 G, 1024 B bytes) and int64 labels.
 
-    Pickles can run code when loaded: only point this at CIFAR files you trust (as with
-    torchvision's reader, which does the same).
+    Read by :func:`mislas.safe_load.load_cifar_pickle`, which unpickles only the names a CIFAR
+    batch holds (NumPy arrays of numbers, lists, bytes): a pickle naming anything else is
+    refused, so a planted file cannot run code.
     """
-    try:
-        with open(path, "rb") as fh:
-            entry = pickle.load(fh, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise UsageError(f"{path}: cannot read a CIFAR python pickle ({type(exc).__name__}: {exc})") from exc
+    entry = load_cifar_pickle(path)
     if not isinstance(entry, dict):
         raise UsageError(f"{path}: a CIFAR pickle must hold a dict, got {type(entry).__name__}")
     data = entry.get(b"data", entry.get("data"))

@@ -19,6 +19,7 @@ from mislas.data.loaders import Shard, make_loader
 from mislas.data.types import ArraySplit
 from mislas.distributed import broadcast, current_shard, data_parallel, weighted_means
 from mislas.models import Network
+from mislas.safe_load import load_torch_file
 from mislas.stages import Mixup, run_epoch
 
 
@@ -97,7 +98,7 @@ def _rank(rank: int, world: int, store: str, out: str) -> None:
 def test_a_two_process_ddp_epoch_equals_one_process_on_the_same_global_batches(tmp_path: Path) -> None:
     out = tmp_path / "rank1.pt"
     mp.spawn(_rank, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True)
-    got = torch.load(out)
+    got = load_torch_file(out)
     model = _net()
     loss = _train(model, _batches(), None)
     assert got["shard"] == (1, 2) and got["said"] == "from rank 0" and got["count"] == 24
@@ -144,7 +145,7 @@ def test_one_and_two_worker_stage1_reach_comparable_accuracy(tmp_path: Path) -> 
     finally:
         torch.set_num_threads(threads)
     mp.spawn(_stage1, args=(2, str(tmp_path / "store"), str(tmp_path / "two.pt")), nprocs=2, join=True)
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    one, two = load_torch_file(tmp_path / "one.pt"), load_torch_file(tmp_path / "two.pt")
     assert one["steps"] == two["steps"] == 8  # ceil(492 / 64): each rank runs every step on half the batch
     # 10 balanced val classes: chance is 10 %; measured 21.4 % (1 worker) and 26.0 % (2 workers)
     assert one["acc"] >= 18 and two["acc"] >= 18 and abs(one["acc"] - two["acc"]) <= 10

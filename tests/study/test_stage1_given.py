@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from mislas.errors import UsageError
+from mislas.safe_load import load_torch_file
 from study import cli
 from tests.study.test_e2e import FMNIST, SMOKE, finish, kill_session, start, wait_for
 
@@ -38,7 +38,7 @@ def test_data_parallel_stage1_killed_resumed_then_given(tmp_path: Path) -> None:
         kill_session(proc.pid)
     (partial,) = first.glob("stage1/*/stage1.partial.pt")
     assert not (partial.parent / "done.json").exists() and not (first / "a" / "parts").exists()
-    done_before = torch.load(partial, weights_only=False)["epoch"]  # (one more may end before the kill)
+    done_before = load_torch_file(partial)["epoch"]  # (one more may end before the kill)
     assert done_before in (1, 2)
 
     code = finish(start(argv, tmp_path / "a.log"), 600)
@@ -51,7 +51,7 @@ def test_data_parallel_stage1_killed_resumed_then_given(tmp_path: Path) -> None:
     (training,) = [json.loads(line) for line in (ckpt.parent / "trainings.jsonl").read_text().splitlines()]
     assert training["workers"] == 2 and json.loads((ckpt.parent / "key.json").read_text())["workers"] == 2
     # the killed run's epochs kept, the rest added; the loss is the mean over both workers' samples
-    records = torch.load(ckpt, weights_only=False)["records"]
+    records = load_torch_file(ckpt)["records"]
     assert [r["epoch"] for r in records] == [1, 2, 3] and all(math.isfinite(r["train_loss"]) for r in records)
 
     second = tmp_path / "b"
