@@ -35,6 +35,7 @@ from study import journal, results
 from study.schema import conform
 from study.stage1_cache import Stage1Cache
 from study.storage import LockHeld, Store, StudyLock
+from study.tune_adapter import trial_storage_id
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "fashion_mnist_lt-mixup-s0-robust"
@@ -189,7 +190,7 @@ def test_journal_rebuild_keeps_numbers_and_ids(tmp_path: Path) -> None:
     counts = journal.rebuild(path, spec, rows, {}, state)
     assert counts == {"finished": 4, "running": 1, "orphaned": 2}
     storage = JournalStorage(JournalFileBackend(str(path)))
-    got = {(name, t.number): (t._trial_id, t.state, t.user_attrs.get("ray_trial_id"), t.values)
+    got = {(name, t.number): (trial_storage_id(storage, name, t.number), t.state, t.user_attrs.get("ray_trial_id"), t.values)
            for name in ("s:a", "s:b") for t in optuna.load_study(study_name=name, storage=storage).trials}
     assert got == {
         ("s:a", 0): (0, TrialState.COMPLETE, "r0", [50.0, 5.0]), ("s:b", 0): (1, TrialState.PRUNED, "r1", None),
@@ -301,7 +302,7 @@ ARGS = ["--dataset", "fashion_mnist_lt", "--budget", "smoke", "--set", "data.tes
 @pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").exists(), reason="needs Debian's dataset-fashion-mnist")
 def test_real_study_killed_damaged_resumed(tmp_path: Path) -> None:
     from study.reporting.load import load_study
-    from tests.study.test_e2e import check_optuna, complete_parts, env, finish, kill_session, start, wait_for
+    from tests.study.helpers import check_optuna, complete_parts, env, finish, kill_session, start, wait_for
 
     storage, name = tmp_path / "st", "robust"
     res = storage / name
