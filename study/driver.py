@@ -26,21 +26,26 @@ if TYPE_CHECKING:
     from study.stage1_phase import PhaseResult
 
 
-def make_searcher(s: StudySettings, storage: Any) -> Any:
-    from study.search import MislasOptunaSearch, StudySearcher, make_sampler
+def make_searcher(s: StudySettings, journal_file: Path) -> Any:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from study.search import MislasOptunaSearch, StudySearcher
     from study.settings import table6
 
+    storage = JournalStorage(JournalFileBackend(str(journal_file)))
     searchers, table6s, names = {}, {}, {}
     for i, d in enumerate(s.spaces):
         names[d] = f"{s.name}:{d}"
         # StudySearcher enqueues the Table 6 point as member 0 of each seed's first trial
         searchers[d] = MislasOptunaSearch(space=s.spaces[d], metric=s.metric, mode=s.mode,
-                                          sampler=make_sampler(s.sampler_seed + i), study_name=names[d],
+                                          sampler_seed=s.sampler_seed + i, study_name=names[d],
                                           storage=storage)
         table6s[d] = table6(d, s.imb_factor)
     return StudySearcher(searchers=searchers, n_trials={d: s.trials for d in searchers}, seeds=s.seeds,
                          table6=table6s, spaces=s.spaces, fixed=s.fixed_trials(), metric=s.metric, mode=s.mode,
-                         study_names=names, group_size=s.group_size, confirm_seeds=s.confirm_seeds())
+                         study_names=names, group_size=s.group_size, confirm_seeds=s.confirm_seeds(),
+                         journal_file=str(journal_file))
 
 
 def make_scheduler(s: StudySettings) -> Any:
@@ -263,7 +268,7 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
                 raise UsageError(f"--name {s.name}: {results.uri()} holds trial results but no resumable Tune state; "
                                  f"pick a new --name")
             journal.set_aside_stale(results, local_cache)
-            searcher = make_searcher(s, journal.open_journal(results, local_cache))
+            searcher = make_searcher(s, journal.fetch(results, local_cache))
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(s),
@@ -313,13 +318,14 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
 
 def reconcile(grid: Any, record_ctx: Any) -> None:
     """Write every ended trial the callback did not (a safety net; normally there is none)."""
+    from ray.tune import ExperimentAnalysis
+
     from study import results as results_mod
     from study.callbacks import ResultsCallback, error_text
 
-    # ResultGrid has no public list of Trial objects (its results lack the checkpoint
-    # folders' member files); this private member is the one remaining use here.
-    analysis = getattr(grid, "_experiment_analysis", None)
-    trials = getattr(analysis, "trials", None) or []
+    # the Trial objects (ResultGrid's results lack the checkpoint folders' member files): Tune's
+    # public ExperimentAnalysis on the experiment the grid holds
+    trials = ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials
     store = Store(record_ctx.results_location)
     callback = ResultsCallback(record_ctx)
     for trial in trials:

@@ -15,7 +15,7 @@ trial ids the restored searcher holds mean the same trials as before:
   form ``exp``), values (the objectives' columns), state (complete -> COMPLETE,
   stopped_early -> PRUNED, failed or an undefined value -> FAIL), user attrs (``ray_trial_id``,
   ``seed``, ``is_paper_setting``, ``status``) and, for a single objective, the per-epoch values;
-* a trial Tune's searcher state (``tune/searcher-state-*.pkl``, Ray's own file) knows and
+* a trial Tune's searcher state (``tune/searcher-state-*.json``, StudySearcher's JSON) knows and
   no row has yet (an unfinished Tune trial) -> RUNNING with the params it was given, told
   when the trial ends;
 * a number neither knows (a trial a killed driver asked for and never ran) -> FAIL with
@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +38,7 @@ from typing import Any
 from mislas.errors import UsageError
 from study.reporting.load import quiet_optuna
 from study.storage import Store, stamp
+from study.tune_adapter import trial_from_json, trial_storage_id
 
 JOURNAL = "optuna.log"
 STATES = {"complete": "COMPLETE", "stopped_early": "PRUNED", "failed": "FAIL"}
@@ -106,7 +106,7 @@ def close_orphans(results: Store, local_cache: Path, study_names: Iterable[str])
         except KeyError:
             continue
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            storage.set_trial_user_attr(t._trial_id, "status", "orphaned")
+            storage.set_trial_user_attr(trial_storage_id(storage, name, t.number), "status", "orphaned")
             study.tell(t.number, state=TrialState.FAIL)
 
 
@@ -134,7 +134,7 @@ def tell_finished(results: Store, local_cache: Path, spec: JournalSpec, rows: It
                 if row is None:
                     continue
                 state, value_args = _outcome(row, spec, t.intermediate_values)
-                storage.set_trial_user_attr(t._trial_id, "status", row.get("status"))
+                storage.set_trial_user_attr(trial_storage_id(storage, name, t.number), "status", row.get("status"))
                 study.tell(t.number, value_args.get("values"), state=state)
                 told += 1
     return told
@@ -172,62 +172,49 @@ class SearcherState:
     """The Optuna side of Tune's newest searcher snapshot."""
 
     file: str  # its name under tune/
-    saved: Any = field(repr=False)  # the unpickled StudySearcher state
+    saved: Any = field(repr=False)  # the StudySearcher state (JSON, study.search.StudySearcher.get_state)
     studies: dict[int, str] = field(default_factory=dict)  # study id -> name
     trials: dict[int, Asked] = field(default_factory=dict)  # trial id -> trial
     journal_files: set[str] = field(default_factory=set)  # where the restored searcher will write
 
 
+STATE_PREFIX, STATE_SUFFIX = "searcher-state-", ".json"  # study.search.StudySearcher.CKPT_FILE_TMPL
+
+
 def read_searcher_state(results: Store) -> SearcherState | None:
-    """Tune's newest ``tune/searcher-state-*.pkl`` (study.search.StudySearcher's pickle), read
-    without touching the journal (optuna's JournalStorage replays only when used). None when
-    there is none or it is not a StudySearcher's."""
-    names = sorted(n for n in results.listdir("tune") if n.startswith("searcher-state-") and n.endswith(".pkl"))
+    """Tune's newest ``tune/searcher-state-*.json`` (study.search.StudySearcher's JSON state),
+    read without touching the journal. None when there is none or it is not a StudySearcher's;
+    a UsageError when the study's searcher state is an older version's pickle (never unpickled)."""
+    listed = results.listdir("tune")
+    names = sorted(n for n in listed if n.startswith(STATE_PREFIX) and n.endswith(STATE_SUFFIX))
     if not names:
+        if any(n.startswith(STATE_PREFIX) and n.endswith(".pkl") for n in listed):
+            raise UsageError(f"--resume: {results.uri('tune')} holds Tune's searcher state as a pickle (a study "
+                             f"started before searcher state was JSON), which is not read; pick a new --name")
         return None
     try:
-        saved = pickle.loads(results.read_bytes("tune", names[-1]))  # noqa: S301 - this driver's own file
+        saved = json.loads(results.read_bytes("tune", names[-1]))
         state = SearcherState(file=names[-1], saved=saved)
-        for searcher in saved["searchers"].values():
-            study = searcher._ot_study  # Ray's OptunaSearch keeps these private
-            state.studies[int(study._study_id)] = study.study_name
-            file_path = getattr(getattr(study._storage, "_backend", None), "_file_path", None)
-            if file_path:
-                state.journal_files.add(str(file_path))
-            for trial in searcher._ot_trials.values():
-                frozen = trial._cached_frozen_trial
-                state.trials[int(trial._trial_id)] = Asked(
-                    trial_id=int(trial._trial_id), study=study.study_name, number=int(frozen.number),
-                    params=dict(frozen.params), distributions=dict(frozen.distributions),
-                    user_attrs=dict(frozen.user_attrs), system_attrs=dict(frozen.system_attrs),
-                    intermediate_values=dict(frozen.intermediate_values), datetime_start=frozen.datetime_start)
-    except Exception:  # noqa: BLE001 - another searcher, another Ray: rebuild from the rows alone
+        if saved.get("journal_file"):
+            state.journal_files.add(str(saved["journal_file"]))
+        for search in saved["searchers"].values():
+            for t in search["trials"].values():
+                asked = Asked(study=search["study_name"], **trial_from_json(t))
+                state.trials[asked.trial_id] = asked
+        state.studies = {int(s["study_id"]): s["study_name"] for s in saved["searchers"].values()}
+    except (ValueError, KeyError, TypeError, AttributeError):  # another searcher's: rebuild from the rows alone
         return None
     return state
 
 
-def _journal_storages(saved: Any) -> list[Any]:
-    found = []
-    for searcher in saved["searchers"].values():
-        for storage in (getattr(searcher, "_storage", None), getattr(searcher._ot_study, "_storage", None)):
-            if getattr(getattr(storage, "_backend", None), "_file_path", None) and storage not in found:
-                found.append(storage)
-    return found
-
-
 def retarget_searcher_state(results: Store, state: SearcherState, path: Path) -> None:
-    """Point the journal of Tune's searcher snapshot at ``path``, read from its start.
+    """Point Tune's searcher snapshot at the journal ``path`` (the state file is rewritten).
 
-    The pickled ``JournalFileBackend`` keeps the byte offsets of the records it has read; on a
-    rebuilt journal they fall mid-record (JSONDecodeError on every use), and a study folder
-    that was moved keeps the old path (the resumed searcher would write another folder's
-    journal). A fresh backend on ``path`` fixes both; the snapshot is rewritten atomically.
-    """
-    from optuna.storages.journal import JournalFileBackend
-
-    for storage in _journal_storages(state.saved):
-        storage._backend = JournalFileBackend(str(path))
-    results.write_bytes(pickle.dumps(state.saved), "tune", state.file)
+    A study folder that was moved keeps the old path in its snapshot (the resumed searcher
+    would write another folder's journal); the searcher opens the journal afresh on resume,
+    so a rebuilt journal is read from its start."""
+    saved = dict(state.saved, journal_file=str(path))
+    results.write_bytes(json.dumps(saved).encode(), "tune", state.file)
 
 
 def _mislas_rows(rows: Iterable[Mapping[str, Any]], spec: JournalSpec) -> dict[tuple[str, int], Mapping[str, Any]]:

@@ -11,22 +11,27 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
+from optuna.storages.journal import JournalFileBackend
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from study.groups import member_result
 from study.records import Stage2Setting, TrialMember, TrialSpec
 from study.schema import CONFIRM_VARIANT
 from study.space import SearchSpace
+from study.tune_adapter import attach_trial, trial_storage_id, trial_to_json
 
 logger = logging.getLogger(__name__)
 
@@ -40,69 +45,131 @@ def make_sampler(seed: int) -> optuna.samplers.TPESampler:
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True, group=True)
 
 
-class MislasOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that does not record ASHA-stopped trials as complete.
+class MislasOptunaSearch:
+    """One data set's TPE search on Optuna's public ask-and-tell interface (one Optuna study).
 
-    Ray's ``OptunaSearch.on_trial_complete`` tells Optuna ``COMPLETE`` with the last reported
-    values for every trial that has a result, including one the scheduler stopped after its
-    first Stage-2 epoch; its partial values would then enter TPE's model, the Pareto front
-    (``study.best_trials``) and parameter importances as if they were final. Only the last
-    report of a trial that ran all its epochs carries ``final = 1`` (see study.trainable), so
-    a trial completing without it was stopped early: we tell Optuna ``PRUNED`` (for a single
-    objective Optuna keeps the last intermediate value as the trial's value; for two
-    objectives none), which every Optuna consumer of finished trials already leaves out.
-    Each trial also gets user attrs: ``ray_trial_id``, ``seed``, ``is_paper_setting``
-    (set when suggested) and ``status`` (complete / stopped_early / failed).
+    Why not Ray's ``OptunaSearch``: its trials, study and finished set are private members (a
+    resume would have to pickle or patch them), and its ``on_trial_complete`` tells Optuna
+    ``COMPLETE`` with the last reported values for every trial that has a result, including one
+    the scheduler stopped after its first Stage-2 epoch; those partial values would enter TPE's
+    model, the Pareto front (``study.best_trials``) and parameter importances as if final. Only
+    the last report of a trial that ran all its epochs carries ``final = 1`` (study.trainable),
+    so a trial completing without it was stopped early: it is told ``PRUNED`` (for a single
+    objective Optuna keeps the last intermediate value as the trial's value; for two objectives
+    none), which every Optuna consumer of finished trials leaves out. Otherwise as
+    ``OptunaSearch``: ``NopPruner``, the define-by-run ``space`` called on the asked trial,
+    intermediate values per ``training_iteration`` for a single objective. Each trial gets user
+    attrs ``status`` (complete / stopped_early / failed / not_run); StudySearcher sets the rest.
+
+    Its state (:meth:`get_state`) is JSON: the study by name, Tune trial id -> Optuna trial id,
+    the finished set, and each asked trial as the journal holds it (for a journal rebuild).
     """
 
+    def __init__(self, *, space: SearchSpace, metric: str | Sequence[str], mode: str | Sequence[str],
+                 sampler_seed: int, study_name: str, storage: optuna.storages.BaseStorage) -> None:
+        self.space = space
+        self.metrics = (metric,) if isinstance(metric, str) else tuple(metric)
+        self.modes = (mode,) if isinstance(mode, str) else tuple(mode)
+        self.sampler_seed = int(sampler_seed)
+        self.study_name = study_name
+        self.storage = storage
+        self.trial_ids: dict[str, int] = {}  # Tune trial id -> Optuna's storage-wide trial id
+        self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+        self.completed: set[str] = set()  # Tune trial ids told to Optuna
+        self._handles: dict[str, optuna.trial.Trial] = {}
+        self.study = self._open(storage, make_sampler(self.sampler_seed))
+
+    def _open(self, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+        directions = [StudyDirection.MINIMIZE if m == "min" else StudyDirection.MAXIMIZE for m in self.modes]
+        return optuna.create_study(storage=storage, sampler=sampler, pruner=optuna.pruners.NopPruner(),
+                                   study_name=self.study_name, load_if_exists=True, directions=directions)
+
+    def ot_trial(self, trial_id: str) -> optuna.trial.Trial | None:
+        """The Optuna trial of Tune trial ``trial_id`` (None: not asked here)."""
+        if trial_id not in self._handles and trial_id in self.trial_ids:
+            self._handles[trial_id] = attach_trial(self.study, self.trial_ids[trial_id])
+        return self._handles.get(trial_id)
+
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        """Ask Optuna (once per Tune trial) and sample the space on that trial."""
+        trial = self.ot_trial(trial_id)
+        if trial is None:
+            trial = self.study.ask()
+            self.trial_ids[trial_id] = trial_storage_id(self.storage, self.study_name, trial.number)
+            self.numbers[trial_id] = trial.number
+            self._handles[trial_id] = trial
+        derived = self.space(trial)
+        return {**trial.params, **(derived or {})}
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """A single objective's intermediate value per ``training_iteration`` (none for two)."""
+        trial = self.ot_trial(trial_id)
+        if len(self.metrics) != 1 or trial is None or trial_id in self.completed:
+            return
+        trial.report(result[self.metrics[0]], result["training_iteration"])
+
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or trial_id in self._completed_trials:
-            return super().on_trial_complete(trial_id, result=result, error=error)
-        if error or (result is not None and int(result.get("diverged", 0) or 0) == 1):
-            status = "failed"
-        elif result is None:
-            status = "not_run"  # removed while pending
-        elif int(result.get("final", 0) or 0) == 1:
-            status = "complete"
-        else:
-            status = "stopped_early"
+        trial = self.ot_trial(trial_id)
+        if trial is None or trial_id in self.completed:
+            logger.warning("Optuna search %s: trial %s is not open (already told, or not asked here)",
+                           self.study_name, trial_id)
+            return
+        status = _status(result, error)
         try:
-            ot_trial.set_user_attr("status", status)
+            trial.set_user_attr("status", status)
         except Exception as exc:  # e.g. the Optuna trial finished already (resume)
             logger.warning("could not mark Optuna trial of %s: %s", trial_id, exc)
-        if status == "stopped_early":
-            self._close(trial_id, ot_trial, TrialState.PRUNED)
-            return
-        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        values = [result.get(m) for m in metrics] if result else None
-        if status == "failed" or (values is not None and any(v is None or _nan(v) for v in values)):
-            # an error, a diverged setting or an undefined metric: FAIL, never a value
-            self._close(trial_id, ot_trial, TrialState.FAIL)
-            return
-        super().on_trial_complete(trial_id, result=result, error=error)
+        values = [result.get(m) for m in self.metrics] if result else None
+        if status in ("stopped_early", "not_run"):
+            self._tell(trial_id, trial, TrialState.PRUNED)
+        elif status == "failed" or values is None or any(v is None or _nan(v) for v in values):
+            self._tell(trial_id, trial, TrialState.FAIL)  # an error, a diverged setting, an undefined metric
+        else:
+            self._tell(trial_id, trial, TrialState.COMPLETE, values if len(values) > 1 else values[0])
 
-    def _close(self, trial_id: str, ot_trial: Any, state: TrialState) -> None:
-        """Tell Optuna a valueless end (PRUNED or FAIL) and mark the Tune trial as handled."""
+    def _tell(self, trial_id: str, trial: optuna.trial.Trial, state: TrialState, values: Any = None) -> None:
         try:
-            self.study.tell(ot_trial, state=state)
+            self.study.tell(trial, values, state=state)
         except Exception as exc:  # e.g. already finished (resume)
             logger.warning(exc)
-        self._completed_trials.add(trial_id)
+        self.completed.add(trial_id)
 
-    def ot_trial(self, trial_id: str) -> Any:
-        return self._ot_trials.get(trial_id)
+    def get_state(self) -> dict[str, Any]:
+        """This search as JSON (see the class docstring)."""
+        by_number = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        asked = {tid: trial_to_json(by_number[self.numbers[tid]], oid) for tid, oid in self.trial_ids.items()}
+        return {"study_name": self.study_name, "study_id": self.storage.get_study_id_from_name(self.study_name),
+                "sampler_seed": self.sampler_seed, "trials": asked,
+                "completed": sorted(self.completed)}
 
-    @property
-    def study(self) -> optuna.Study:
-        # Ray keeps the Optuna study in a private member and has no public accessor.
-        study = self._ot_study
-        assert study is not None, "the searcher has no Optuna study yet"
-        return study
+    def set_state(self, state: Mapping[str, Any], storage: optuna.storages.BaseStorage) -> None:
+        """Continue from :meth:`get_state` on ``storage`` (the journal, checked and rebuilt first).
+
+        The sampler is seeded from the first seed and the number of trials asked so far: a
+        resumed search does not draw the first trials' settings again."""
+        if state["study_name"] != self.study_name:
+            raise ValueError(f"searcher state of Optuna study {state['study_name']!r}, not {self.study_name!r}")
+        self.trial_ids = {tid: int(t["trial_id"]) for tid, t in state["trials"].items()}
+        self.numbers = {tid: int(t["number"]) for tid, t in state["trials"].items()}
+        self.storage = storage
+        self.completed = set(state["completed"])
+        self._handles = {}
+        seed = int(np.random.SeedSequence([self.sampler_seed, len(self.trial_ids)]).generate_state(1)[0])
+        self.study = self._open(storage, make_sampler(seed))
 
 
 def _nan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
+
+
+def _status(result: Mapping[str, Any] | None, error: bool) -> str:
+    """A finished member's status: failed (an error, diverged), not_run (removed while pending),
+    complete (``final = 1``: it ran all its epochs) or stopped_early (the scheduler stopped it)."""
+    if error or (result is not None and int(result.get("diverged", 0) or 0) == 1):
+        return "failed"
+    if result is None:
+        return "not_run"
+    return "complete" if int(result.get("final", 0) or 0) == 1 else "stopped_early"
 
 
 class StudySearcher(Searcher):
@@ -124,8 +191,9 @@ class StudySearcher(Searcher):
                  seeds: Sequence[int], table6: Mapping[str, Stage2Setting], spaces: Mapping[str, SearchSpace],
                  fixed: Sequence[TrialSpec],
                  metric: str | list[str], mode: str | list[str], study_names: Mapping[str, str],
-                 group_size: int = 1, confirm_seeds: Sequence[int] = ()) -> None:
+                 group_size: int = 1, confirm_seeds: Sequence[int] = (), journal_file: str | None = None) -> None:
         super().__init__(metric=metric, mode=mode)  # type: ignore[arg-type]  # a list: multi-objective
+        self.journal_file = journal_file  # the searchers' journal (None: their storage is no journal file)
         self.group_size = int(group_size)
         self.searchers = dict(searchers)
         self.n_trials = dict(n_trials)
@@ -204,6 +272,7 @@ class StudySearcher(Searcher):
             setting = Stage2Setting.from_params(searcher.suggest(mid) or {})
             is_paper = paper_slot and setting.same(t6)
             ot_trial = searcher.ot_trial(mid)
+            assert ot_trial is not None  # (suggest asked it)
             for name, value in (("ray_trial_id", mid), ("group_id", trial_id), ("seed", seed),
                                 ("is_paper_setting", is_paper)):
                 ot_trial.set_user_attr(name, value)
@@ -257,17 +326,70 @@ class StudySearcher(Searcher):
                              members=(TrialMember(best, variant=CONFIRM_VARIANT),))
         return None
 
-    def save(self, checkpoint_path: str) -> None:
-        import pickle
+    # --- state: JSON, never a pickle (Tune calls save/restore with a path under tune/) ----------
 
-        with open(checkpoint_path, "wb") as fh:
-            pickle.dump(self.__dict__, fh)
+    CKPT_FILE_TMPL = "searcher-state-{}.json"  # Tune's name for the file (Searcher.save_to_dir)
+
+    def get_state(self) -> dict[str, Any]:
+        """What changes as trials are asked and end, as JSON; what the settings fix (spaces,
+        seeds, the fixed trials, ...) is built again from them, as Tune restores the searcher."""
+        def setting(s: Stage2Setting | None) -> dict[str, Any] | None:
+            return None if s is None else s.columns()
+
+        return {
+            "format": STATE_FORMAT, "journal_file": self.journal_file,
+            "searchers": {d: s.get_state() for d, s in self.searchers.items()},
+            "issued": self.issued, "trials_issued": self.trials_issued, "fixed_issued": self.fixed_issued,
+            "owner": self.owner, "members": self.members, "confirm_pending": self.confirm_pending,
+            "member_settings": {m: setting(s) for m, s in self.member_settings.items()},
+            "search_open": {d: sorted(v) for d, v in self.search_open.items()},
+            "search_scores": {d: [[setting(s), [list(v) for v in vs]] for s, vs in scores.items()]
+                              for d, scores in self.search_scores.items()},
+            "confirmed": {d: setting(s) for d, s in self.confirmed.items()},
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`get_state`; the Optuna studies are opened on ``journal_file``
+        (which study.journal checks, rebuilds and retargets before Tune restores this)."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a StudySearcher state of format {STATE_FORMAT} (format {state.get('format')!r})")
+        if set(state["searchers"]) != set(self.searchers):
+            raise ValueError(f"searcher state of data sets {sorted(state['searchers'])}, not {sorted(self.searchers)}")
+        self.journal_file = state["journal_file"]
+        shared = None if self.journal_file is None else optuna.storages.JournalStorage(
+            JournalFileBackend(self.journal_file))
+        for d, sub in self.searchers.items():
+            sub.set_state(state["searchers"][d], shared or sub.storage)
+        setting = Stage2Setting.from_params
+        self.issued, self.trials_issued = dict(state["issued"]), dict(state["trials_issued"])
+        self.fixed_issued = int(state["fixed_issued"])
+        self.owner, self.members = dict(state["owner"]), {t: list(m) for t, m in state["members"].items()}
+        self.confirm_pending = {d: list(v) for d, v in state["confirm_pending"].items()}
+        self.member_settings = {m: setting(s) for m, s in state["member_settings"].items()}
+        self.search_open = {d: set(v) for d, v in state["search_open"].items()}
+        self.search_scores = {d: {setting(s): [(float(a), float(e)) for a, e in vs] for s, vs in pairs}
+                              for d, pairs in state["search_scores"].items()}
+        self.confirmed = {d: None if s is None else setting(s) for d, s in state["confirmed"].items()}
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps(self.get_state()))
 
     def restore(self, checkpoint_path: str) -> None:
-        import pickle
+        self.set_state(read_state(Path(checkpoint_path)))
 
-        with open(checkpoint_path, "rb") as fh:
-            self.__dict__.update(pickle.load(fh))
+
+STATE_FORMAT = 1
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A StudySearcher state file (JSON), or ValueError naming the file and what is wrong."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a searcher state (JSON) file: {exc}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a searcher state (JSON object) file")
+    return state
 
 
 CONFIRM_PREFIX = "__confirm__:"
@@ -303,44 +425,56 @@ class GroupedASHA(FIFOScheduler):
     def __init__(self, *, metric: str, mode: str, max_t: Mapping[str, int], grace_period: int = 1,
                  reduction_factor: float = 3, time_attr: str = "epoch") -> None:
         super().__init__()
-        self._metric = metric
-        self._mode = mode
+        FIFOScheduler.set_search_properties(self, metric, mode)  # Tune's public setter of metric/mode
         self.asha = {
             d: AsyncHyperBandScheduler(time_attr=time_attr, metric=metric, mode=mode, max_t=max(1, t),
                                        grace_period=max(1, min(grace_period, t)), reduction_factor=reduction_factor)
             for d, t in max_t.items()
         }
+        # the trials each data set's ASHA was given and has not let go (so as to forward only
+        # those: Tune may report a trial it restored before adding it), and its stops
+        self.added: dict[str, set[str]] = {d: set() for d in self.asha}
+        self.stopped = dict.fromkeys(self.asha, 0)
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True
 
-    def _sub(self, trial: Any) -> AsyncHyperBandScheduler | None:
+    def _sub(self, trial: Any) -> str | None:
+        """The data set whose ASHA judges ``trial`` (None: baselines and ablation rows, never stopped)."""
         spec: TrialSpec | None = (trial.config or {}).get("spec")
-        if spec is None or spec.optuna_study is None:  # baselines and ablation rows are never stopped
+        if spec is None or spec.optuna_study is None or spec.dataset not in self.asha:
             return None
-        return self.asha.get(spec.dataset)
+        return spec.dataset
+
+    def _known(self, trial: Any) -> str | None:
+        d = self._sub(trial)
+        return d if d is not None and trial.trial_id in self.added[d] else None
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        sub = self._sub(trial)
-        if sub is not None:
-            sub.on_trial_add(tune_controller, trial)
+        d = self._sub(trial)
+        if d is not None:
+            self.asha[d].on_trial_add(tune_controller, trial)
+            self.added[d].add(trial.trial_id)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-        sub = self._sub(trial)
-        if sub is None or trial.trial_id not in sub._trial_info:
+        d = self._known(trial)
+        if d is None:
             return TrialScheduler.CONTINUE
-        return sub.on_trial_result(tune_controller, trial, result)
+        action: str = self.asha[d].on_trial_result(tune_controller, trial, result)
+        self.stopped[d] += action == TrialScheduler.STOP
+        return action
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
-        sub = self._sub(trial)
-        if sub is not None and trial.trial_id in sub._trial_info:
-            sub.on_trial_complete(tune_controller, trial, result)
+        d = self._known(trial)
+        if d is not None:
+            self.asha[d].on_trial_complete(tune_controller, trial, result)
+            self.added[d].discard(trial.trial_id)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        sub = self._sub(trial)
-        if sub is not None and trial.trial_id in sub._trial_info:
-            sub.on_trial_remove(tune_controller, trial)
+        d = self._known(trial)
+        if d is not None:
+            self.asha[d].on_trial_remove(tune_controller, trial)
+            self.added[d].discard(trial.trial_id)
 
     def debug_string(self) -> str:
-        return "Using AsyncHyperBand per data set: " + ", ".join(
-            f"{d} stopped {s._num_stopped}" for d, s in self.asha.items())
+        return "Using AsyncHyperBand per data set: " + ", ".join(f"{d} stopped {n}" for d, n in self.stopped.items())

@@ -182,6 +182,8 @@ def _tbx_class() -> type:
 def _mlflow_class() -> type:
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+    from study.tune_adapter import mlflow_trial_runs
+
     class SpecMLflowLoggerCallback(MLflowLoggerCallback):  # type: ignore[misc]
         """Ray's MLflow logger; the run's parameters are :func:`trial_params`, not ``str(spec)``.
 
@@ -206,11 +208,12 @@ def _mlflow_class() -> type:
             super().setup(*args, **kwargs)
 
         def log_trial_start(self, trial: Any) -> None:
-            if trial not in self._trial_runs:
+            runs = mlflow_trial_runs(self)
+            if trial not in runs:
                 tags = {**(self.tags or {}), "trial_name": str(trial), "ray_trial_id": trial.trial_id}
                 run = self.mlflow_util.start_run(tags=tags, run_name=str(trial))
-                self._trial_runs[trial] = run.info.run_id
-            self.mlflow_util.log_params(run_id=self._trial_runs[trial], params_to_log=trial_params(trial.config))
+                runs[trial] = run.info.run_id
+            self.mlflow_util.log_params(run_id=runs[trial], params_to_log=trial_params(trial.config))
 
     return SpecMLflowLoggerCallback
 
@@ -228,9 +231,15 @@ def _wandb_class() -> type:
             if "dir" in self.kwargs:
                 Path(self.kwargs["dir"]).mkdir(parents=True, exist_ok=True)
 
-        def _start_logging_actor(self, trial: Any, exclude_results: list[str], **wandb_init_kwargs: Any) -> None:
-            wandb_init_kwargs["config"] = trial_params(trial.config)
-            super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
+        def log_trial_start(self, trial: Any) -> None:
+            # Ray's log_trial_start lets the callback's wandb.init kwargs (public ``kwargs``)
+            # override what it built from trial.config: the flat parameters, for this trial
+            kwargs = self.kwargs
+            self.kwargs = {**kwargs, "config": trial_params(trial.config)}
+            try:
+                super().log_trial_start(trial)
+            finally:
+                self.kwargs = kwargs
 
         def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
             # Ray's logging actor updates the run's config with each result's "config" (the spec

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from mislas.__main__ import main as mislas_main
 from mislas.data import load_dataset
 from mislas.train import main as train_main
-from tests.mislas.test_reference import ref_resnet32_logits, ref_resnet32_state, save_reference
+from tests.mislas.reference_files import ref_resnet32_logits, ref_resnet32_state, save_reference
 
 REPO = Path(__file__).resolve().parents[2]
 CIFAR_ARGS = ("--dataset", "cifar10_lt", "--imb-factor", "10", "--set", "data.n_max=20", "--set", "data.val_per_class=2")

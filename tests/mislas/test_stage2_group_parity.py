@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mislas import fastpath
-from mislas.config import RunConfig, Stage1Config, Stage2Config
+from mislas.config import RunConfig
 from mislas.data import LTData
 from mislas.data.samplers import ClassAwareEpochs
 from mislas.errors import NonFiniteError, UsageError
@@ -32,17 +32,10 @@ from mislas.stages import (
     train_stage2,
     train_stage2_group,
 )
+from tests.helpers import tiny_cfg as _cfg  # the tiny budget test_grouped_subgroups shares
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _cfg(**stage2: object) -> RunConfig:
-    return RunConfig(
-        stage1=Stage1Config(arch="resnet32", epochs=1, lr=0.05, batch_size=16, warmup_epochs=1, milestones=()),
-        stage2=replace(Stage2Config(epochs=2, lr=0.05, batch_size=16, eps_1=0.3, eps_k=0.1, dw_ratio=0.2), **stage2),
-        seed=0, device="cpu", channels_last=False,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from study import cli, run
 from study.results import TRIALS_SCHEMA
-from tests.study.test_e2e import FMNIST, REQUIRED, SMOKE, complete_parts, finish, load_optuna, start
+from tests.study.helpers import FMNIST, REQUIRED, SMOKE, complete_parts, finish, load_optuna, start
 
 pytestmark = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").exists(),
                                 reason="needs Debian's dataset-fashion-mnist")

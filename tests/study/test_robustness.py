@@ -31,10 +31,12 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from mislas.errors import UsageError
 from study import journal, results
 from study.schema import conform
 from study.stage1_cache import Stage1Cache
 from study.storage import LockHeld, Store, StudyLock
+from study.tune_adapter import trial_storage_id
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "fashion_mnist_lt-mixup-s0-robust"
@@ -189,7 +191,7 @@ def test_journal_rebuild_keeps_numbers_and_ids(tmp_path: Path) -> None:
     counts = journal.rebuild(path, spec, rows, {}, state)
     assert counts == {"finished": 4, "running": 1, "orphaned": 2}
     storage = JournalStorage(JournalFileBackend(str(path)))
-    got = {(name, t.number): (t._trial_id, t.state, t.user_attrs.get("ray_trial_id"), t.values)
+    got = {(name, t.number): (trial_storage_id(storage, name, t.number), t.state, t.user_attrs.get("ray_trial_id"), t.values)
            for name in ("s:a", "s:b") for t in optuna.load_study(study_name=name, storage=storage).trials}
     assert got == {
         ("s:a", 0): (0, TrialState.COMPLETE, "r0", [50.0, 5.0]), ("s:b", 0): (1, TrialState.PRUNED, "r1", None),
@@ -217,6 +219,46 @@ def test_journal_rebuild_keeps_numbers_and_ids(tmp_path: Path) -> None:
                                  [*rows, row("r3", "s:b", 2, "complete", acc=60.0)]) == 1
     told = optuna.load_study(study_name="s:b", storage=JournalStorage(JournalFileBackend(str(path)))).trials[2]
     assert (told.state, told.values, told.user_attrs["status"]) == (TrialState.COMPLETE, [60.0, 5.0], "complete")
+
+
+def test_searcher_state_is_read_as_json_retargeted_and_an_old_pickle_refused(tmp_path: Path) -> None:
+    """Tune's searcher snapshot as study.search.StudySearcher writes it: read as data (its asked
+    trials become journal.Asked), pointed at a moved journal, and an older study's pickle is
+    refused in one line without being unpickled."""
+    from mislas.config import paper_config
+    from study.records import Stage2Setting
+    from study.search import MislasOptunaSearch, StudySearcher
+    from study.space import default_space_file, load_space
+
+    t6 = Stage2Setting.from_config(paper_config("fashion_mnist_lt", None))
+    old = tmp_path / "old" / "optuna.log"
+    old.parent.mkdir()
+    storage = JournalStorage(JournalFileBackend(str(old)))
+    space = load_space(default_space_file("fashion_mnist_lt"), dataset="fashion_mnist_lt")
+    sub = MislasOptunaSearch(space=space, metric=["val_acc", "val_ece"], mode=["max", "min"], sampler_seed=0,
+                             study_name="s:f", storage=storage)
+    searcher = StudySearcher(searchers={"f": sub}, n_trials={"f": 2}, seeds=(0,), table6={"f": t6},
+                             spaces={"f": space}, fixed=[], metric=["val_acc", "val_ece"], mode=["max", "min"],
+                             study_names={"f": "s:f"}, journal_file=str(old))
+    searcher.suggest("t0")
+    store = Store(str(tmp_path / "study"))
+    (tmp_path / "study" / "tune").mkdir(parents=True)
+    searcher.save(str(tmp_path / "study" / "tune" / "searcher-state-2026.json"))
+    state = journal.read_searcher_state(store)
+    assert state is not None and state.journal_files == {str(old)} and state.studies == {0: "s:f"}
+    (asked,) = state.trials.values()
+    assert (asked.trial_id, asked.study, asked.number, asked.user_attrs["ray_trial_id"]) == (0, "s:f", 0, "t0")
+    assert set(asked.params) <= set(asked.distributions) and asked.params
+    moved = tmp_path / "study" / "optuna.log"
+    journal.retarget_searcher_state(store, state, moved)
+    assert journal.read_searcher_state(store).journal_files == {str(moved)}  # type: ignore[union-attr]
+
+    for f in (tmp_path / "study" / "tune").iterdir():
+        f.unlink()
+    (tmp_path / "study" / "tune" / "searcher-state-2025.pkl").write_bytes(b"\x80\x04 not to be unpickled")
+    with pytest.raises(UsageError) as refused:
+        journal.read_searcher_state(store)
+    assert "as a pickle" in str(refused.value) and "\n" not in str(refused.value)
 
 
 # --- 4. files honour the umask --------------------------------------------------------------------
@@ -301,7 +343,7 @@ ARGS = ["--dataset", "fashion_mnist_lt", "--budget", "smoke", "--set", "data.tes
 @pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").exists(), reason="needs Debian's dataset-fashion-mnist")
 def test_real_study_killed_damaged_resumed(tmp_path: Path) -> None:
     from study.reporting.load import load_study
-    from tests.study.test_e2e import check_optuna, complete_parts, env, finish, kill_session, start, wait_for
+    from tests.study.helpers import check_optuna, complete_parts, env, finish, kill_session, start, wait_for
 
     storage, name = tmp_path / "st", "robust"
     res = storage / name

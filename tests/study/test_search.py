@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pickle
+import json
 from pathlib import Path
 
 import optuna
@@ -14,7 +14,7 @@ from ray.tune.search import Searcher
 from mislas.config import paper_config
 from study.groups import group_metrics
 from study.records import Stage2Setting, TrialMember, TrialSpec
-from study.search import MislasOptunaSearch, StudySearcher, make_sampler
+from study.search import MislasOptunaSearch, StudySearcher
 from study.space import default_space_file, load_space
 
 TABLE6_C10 = (0.3, 0.0, "concave", 0.5, False, "reference")  # Table 6, CIFAR-10-LT β=100, reference LAS target
@@ -25,17 +25,18 @@ def make(tmp_path: Path, *, n_trials: int = 5, seeds: tuple[int, ...] = (0, 1), 
          group_size: int = 1, datasets: tuple[str, ...] = ("cifar10_lt",)) -> StudySearcher:
     metric = list(metric) if isinstance(metric, tuple) else metric
     mode = list(mode) if isinstance(mode, tuple) else mode
-    storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log")))
+    journal = str(tmp_path / "optuna.log")
+    storage = JournalStorage(JournalFileBackend(journal))
     searchers, table6, spaces = {}, {}, {}
     for i, d in enumerate(datasets):
         table6[d] = Stage2Setting.from_config(paper_config(d, 100.0 if d == "cifar10_lt" else None))
         spaces[d] = load_space(default_space_file(d), table6=table6[d])
-        searchers[d] = MislasOptunaSearch(space=spaces[d], metric=metric, mode=mode, sampler=make_sampler(i),
+        searchers[d] = MislasOptunaSearch(space=spaces[d], metric=metric, mode=mode, sampler_seed=i,
                                           study_name=f"s:{d}", storage=storage)
     base = [TrialSpec(dataset=datasets[0], method="ce", mixup=False, seed=s) for s in range(baselines)]
     return StudySearcher(searchers=searchers, n_trials={d: n_trials for d in datasets}, seeds=seeds, table6=table6,
                          spaces=spaces, fixed=base, metric=metric, mode=mode,
-                         study_names={d: f"s:{d}" for d in datasets}, group_size=group_size)
+                         study_names={d: f"s:{d}" for d in datasets}, group_size=group_size, journal_file=journal)
 
 
 def report(epoch: int, final: bool, **val: float) -> dict:
@@ -91,16 +92,55 @@ def test_single_objective_prunes_with_last_intermediate_value(tmp_path: Path) ->
     assert trial.state == TrialState.PRUNED and trial.value == 20.0
 
 
-def test_searcher_state_round_trips(tmp_path: Path) -> None:
+def test_searcher_state_round_trips_as_json(tmp_path: Path) -> None:
+    """Saved mid-study (two trials running, one ended), restored into a searcher built afresh
+    elsewhere: it continues the same Optuna trials in the saved journal, and the file is JSON."""
     searcher = make(tmp_path)
-    first = [searcher.suggest(f"t{i}") for i in range(3)]
-    searcher.save(str(tmp_path / "state.pkl"))
+    first = [searcher.suggest(f"t{i}") for i in range(4)]
+    assert [c["spec"].method for c in first] == ["mislas", "ce", "mislas", "mislas"]
+    searcher.on_trial_complete("t0", report(10, True, val_acc=50.0, val_ece=3.0))
+    path = tmp_path / "state.json"
+    searcher.save(str(path))
+    state = json.loads(path.read_text())  # data, not a pickle
+    assert state["journal_file"] == str(tmp_path / "optuna.log") and state["fixed_issued"] == 1
+    asked = state["searchers"]["cifar10_lt"]["trials"]
+    # (t1 is the first baseline)
+    assert sorted(asked) == ["t0", "t2", "t3"] and [asked[t]["number"] for t in ("t0", "t2", "t3")] == [0, 1, 2]
+    assert asked["t0"]["user_attrs"]["ray_trial_id"] == "t0" and state["searchers"]["cifar10_lt"]["completed"] == ["t0"]
     (tmp_path / "other").mkdir()
     again = make(tmp_path / "other")
-    again.restore(str(tmp_path / "state.pkl"))
-    assert again.issued == searcher.issued and again.fixed_issued == searcher.fixed_issued
-    assert pickle.loads(pickle.dumps(again)).owner.keys() == {"t0", "t1", "t2"}
+    again.restore(str(path))
+    assert again.get_state() == searcher.get_state()
+    assert (again.issued, again.fixed_issued, again.owner) == (searcher.issued, 1, searcher.owner)
     assert first[0]["spec"].is_paper_setting
+    # the restored searcher tells the trials it did not ask itself, in the saved journal
+    again.on_trial_complete("t2", report(10, True, val_acc=40.0, val_ece=4.0))
+    again.on_trial_complete("t3", report(1, False, val_acc=20.0, val_ece=9.0))
+    again.on_trial_complete("t0", report(10, True, val_acc=1.0, val_ece=1.0))  # told already: ignored
+    study = optuna.load_study(study_name="s:cifar10_lt",
+                              storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log"))))
+    assert [(t.state, t.values) for t in study.trials] == [
+        (TrialState.COMPLETE, [50.0, 3.0]), (TrialState.COMPLETE, [40.0, 4.0]), (TrialState.PRUNED, None)]
+    # it goes on asking in the saved journal: the next trial is number 3; the fresh one holds none
+    nxt = next(c for c in (again.suggest(f"t{i}")["spec"] for i in range(4, 8)) if c.method == "mislas")
+    assert nxt.members[0].optuna_trial_number == 3
+    other = JournalStorage(JournalFileBackend(str(tmp_path / "other" / "optuna.log")))
+    assert not optuna.load_study(study_name="s:cifar10_lt", storage=other).trials
+
+
+def test_searcher_state_refuses_what_is_not_its_own(tmp_path: Path) -> None:
+    import pytest
+
+    from study.search import read_state
+
+    searcher = make(tmp_path)
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b"\x80\x04garbage")  # e.g. a pickle
+    with pytest.raises(ValueError, match="bad.json: not a searcher state"):
+        read_state(bad)
+    bad.write_text(json.dumps({"format": 0}))
+    with pytest.raises(ValueError, match="format"):
+        searcher.restore(str(bad))
 
 
 class FakeTrial:
@@ -131,6 +171,12 @@ def test_grouped_asha_compares_trials_within_a_data_set_only() -> None:
     assert asha.on_trial_result(None, base, {"epoch": 0, "val_acc": 1.0}) == TrialScheduler.CONTINUE
     # the last epoch ends the trial (max_t), as its final report
     assert asha.on_trial_result(None, good_a, {"epoch": 4, "val_acc": 91.0}) == TrialScheduler.STOP
+    assert asha.debug_string().endswith("a stopped 2, b stopped 0")
+    assert asha.metric == "val_acc"  # (set through Tune's public setter)
+    # a trial it was never given (e.g. restored by Tune before being added) is not judged
+    assert asha.on_trial_result(None, FakeTrial("a9", "a"), {"epoch": 1, "val_acc": 0.0}) == TrialScheduler.CONTINUE
+    asha.on_trial_complete(None, bad_a, {"epoch": 1, "val_acc": 10.0})
+    assert asha.on_trial_result(None, bad_a, {"epoch": 2, "val_acc": 10.0}) == TrialScheduler.CONTINUE
 
 
 def test_two_data_sets_are_interleaved(tmp_path: Path) -> None:

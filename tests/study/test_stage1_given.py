@@ -15,7 +15,7 @@ import pytest
 from mislas.errors import UsageError
 from mislas.safe_load import load_torch_file
 from study import cli
-from tests.study.test_e2e import FMNIST, SMOKE, finish, kill_session, start, wait_for
+from tests.study.helpers import FMNIST, SMOKE, finish, kill_session, start, wait_for
 
 # CE alone (Stage 1 evaluated as it is) is enough to tell one Stage 1 from another, and cheap
 TINY = [*SMOKE, "--methods", "ce", "--baseline-mixup", "on", "--max-failures", "0",

@@ -14,7 +14,7 @@ import pytest
 from mislas.errors import UsageError
 from study import cli
 from study.stage1_phase import needed, plan
-from tests.study.test_e2e import SMOKE
+from tests.study.helpers import SMOKE
 
 
 def test_the_plan_is_every_flavour_and_seed_a_trial_uses() -> None:
