@@ -57,3 +57,22 @@ def jpeg_tree(root: Path, *, images: int, num_classes: int = 10, size: tuple[int
     return LTData(name="synthetic_jpeg", num_classes=num_classes, train=split, val=split, test=split,
                   class_counts=counts, image_size=224, in_channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                   fingerprint="0" * 64)
+
+
+def trained_logits(n: int, k: int, *, seed: int = 0, top1: float = 0.65, noise: float = 1.5,
+                   margin: tuple[float, float] = (6.0, 9.0), scale: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, k] float32 logits shaped like a trained classifier's, and their labels.
+
+    Gaussian noise (σ ``noise``) plus a margin drawn from ``margin`` on the label for a
+    ``top1`` share of the rows and on a random class for the rest, all times ``scale``: right
+    about ``top1`` of the time and over-confident (the NLL-optimal temperature is above 1), as
+    a network's validation logits are. iNaturalist 2018's val set is ``trained_logits(24_426, 8_142)``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, k, generator=g) * noise
+    y = torch.randint(0, k, (n,), generator=g)
+    hit = torch.rand(n, generator=g) < top1
+    target = torch.where(hit, y, torch.randint(0, k, (n,), generator=g))
+    lo, hi = margin
+    z[torch.arange(n), target] += lo + (hi - lo) * torch.rand(n, generator=g)
+    return z.mul_(scale), y

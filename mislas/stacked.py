@@ -11,7 +11,11 @@ through ``torch.func.vmap`` (its ε as the batched buffer), and the update of th
 own ``torch.optim.SGD`` with its own learning rates (read from its param groups, which its
 scheduler sets each epoch), momentum and weight decay. ``torch.optim.SGD`` takes one scalar
 lr per param group, so the stacked update is written out (:func:`sgd_step_`, checked against
-``torch.optim.SGD`` in ``tests/mislas/test_stacked.py``). State goes back and forth with the
+``torch.optim.SGD`` in ``tests/mislas/test_stacked.py``), in place. The weight's gradient is
+never formed: the backward hands over its factors (∂loss/∂z, x) and
+:func:`sgd_matmul_step_` multiplies them straight into the momentum buffer, so stepping holds
+W, its momentum and small scratch, about 2.5 copies of G×K×D at peak (measured,
+docs/performance.md; 5.5 before, with the transposed-gradient copy and three temporaries). State goes back and forth with the
 members' own modules and optimizers (:meth:`StackedHeads.store` / :meth:`StackedHeads.load`),
 so a checkpoint does not depend on whether the heads were stacked.
 """
@@ -44,16 +48,18 @@ def head_tensors(head: nn.Module) -> dict[str, torch.Tensor | None]:
 @torch.no_grad()
 def sgd_step_(p: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, *, lr: torch.Tensor, momentum: torch.Tensor,
               weight_decay: torch.Tensor) -> None:
-    """``torch.optim.SGD``'s update (no dampening, no Nesterov), member by member along dim 0.
+    """``torch.optim.SGD``'s update (no dampening, no Nesterov), member by member along dim 0, in place.
 
     d = g + wd·p; buf = m·buf + d; p -= lr·buf. ``lr``, ``momentum`` and ``weight_decay`` are
     [G]. A zero ``buf`` gives buf = d, which is SGD's first step (it copies d into a missing
-    buffer); with m = 0 the update is p -= lr·d, as SGD's.
+    buffer); with m = 0 the update is p -= lr·d, as SGD's. ``grad`` is overwritten with d:
+    every op is in place (``addcmul_`` with the [G] factors broadcast), so the update
+    allocates nothing of p's size (it made three temporaries of it before, issue 16).
     """
     shape = (-1,) + (1,) * (p.dim() - 1)
-    d = grad + weight_decay.view(shape) * p
+    d = grad.addcmul_(p, weight_decay.view(shape))
     buf.mul_(momentum.view(shape)).add_(d)
-    p.sub_(lr.view(shape) * buf)
+    p.addcmul_(buf, lr.view(shape), value=-1.0)
 
 
 def _group_of(optimizer: torch.optim.Optimizer, t: torch.Tensor | None) -> dict[str, Any] | None:
@@ -98,6 +104,7 @@ class StackedHeads:
         self.device = first.device
         self.params: dict[str, torch.Tensor] = {}
         self.bufs: dict[str, torch.Tensor] = {}
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # W's gradient factors (see logits)
         self.load()
         self._losses = self._stack_losses(list(losses))
         self.lr: dict[str, torch.Tensor] = {}
@@ -149,18 +156,18 @@ class StackedHeads:
                 assert ref is not None
                 stacked = torch.ones((len(ts), *ref.shape), dtype=ref.dtype, device=ref.device)
             else:
-                stacked = torch.stack([t.detach() for t in ts if t is not None]).clone()
+                stacked = torch.stack([t.detach() for t in ts if t is not None])  # a new tensor: no clone
             self.params[name] = stacked.requires_grad_(name in self.groups)
         self.bufs = {}
         for name in self.groups:
-            bufs = []
-            for opt, t in zip(self.optimizers, self.tensors):
+            bufs = torch.zeros_like(self.params[name])  # filled in place: one copy at peak
+            for i, (opt, t) in enumerate(zip(self.optimizers, self.tensors)):
                 tensor = t[name]
                 assert tensor is not None
-                state = opt.state.get(tensor, {})
-                buf = state.get("momentum_buffer")
-                bufs.append(torch.zeros_like(tensor) if buf is None else buf.detach().clone())
-            self.bufs[name] = torch.stack(bufs)
+                buf = opt.state.get(tensor, {}).get("momentum_buffer")
+                if buf is not None:
+                    bufs[i].copy_(buf)
+            self.bufs[name] = bufs
 
     @torch.no_grad()
     def store(self) -> None:
@@ -171,7 +178,12 @@ class StackedHeads:
                 if tensor is not None:
                     tensor.copy_(self.params[name][i])
                 if name in self.groups and tensor is not None and self.groups[name][i]["momentum"] != 0:
-                    opt.state[tensor]["momentum_buffer"] = self.bufs[name][i].clone()
+                    state = opt.state[tensor]
+                    have = state.get("momentum_buffer")
+                    if isinstance(have, torch.Tensor) and have.shape == tensor.shape:
+                        have.copy_(self.bufs[name][i])  # into the member's own buffer: no new allocation
+                    else:
+                        state["momentum_buffer"] = self.bufs[name][i].clone()
 
     def begin_epoch(self) -> None:
         """Read this epoch's learning rates (set by the members' schedulers) and SGD settings."""
@@ -182,11 +194,17 @@ class StackedHeads:
 
     # --- one step ---------------------------------------------------------------------------
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
-        """[G, B, K] logits of every head on the shared features [B, D]."""
+        """[G, B, K] logits of every head on the shared features [B, D].
+
+        Through :class:`_ScaledLinear`, whose backward hands the weight's gradient to
+        :meth:`step` as the per-member factors (∂loss/∂z, x) instead of a G×K×D tensor: the step
+        multiplies them straight into the momentum buffer (issue 16: no gradient copy, no
+        transposed-gradient copy, no temporaries of G×K×D).
+        """
         p = self.params
-        g = p["weight"].shape[0]
-        out = torch.baddbmm(p["bias"].unsqueeze(1), feats.unsqueeze(0).expand(g, -1, -1), p["weight"].transpose(1, 2))
-        return (out * p["scale"].unsqueeze(1)).float()
+        self._pending.clear()
+        out: torch.Tensor = _ScaledLinear.apply(feats, p["weight"], p["bias"], p["scale"], self._pending)
+        return out.float()
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Each member's loss [G] on its logits [G, B, K] for labels ``y``."""
@@ -195,14 +213,66 @@ class StackedHeads:
 
     @torch.no_grad()
     def step(self) -> None:
-        """Every member's SGD update from the gradients in ``params`` (then cleared)."""
+        """Every member's SGD update from the gradients of the last backward (then cleared)."""
         for name in self.groups:
             p = self.params[name]
+            if name == "weight":
+                if self._pending:
+                    (gz, x), = self._pending
+                    sgd_matmul_step_(p, gz, x, self.bufs[name], lr=self.lr[name], momentum=self.momentum[name],
+                                     weight_decay=self.weight_decay[name])
+                    self._pending.clear()
+                continue
             if p.grad is None:
                 continue
             sgd_step_(p, p.grad, self.bufs[name], lr=self.lr[name], momentum=self.momentum[name],
                       weight_decay=self.weight_decay[name])
             p.grad = None
+
+
+class _ScaledLinear(torch.autograd.Function):
+    """logits = (x Wᵢᵀ + bᵢ) ⊙ sᵢ for every member i; W's gradient goes to ``sink`` as (∂loss/∂z, x).
+
+    ∂loss/∂Wᵢ = (∂loss/∂zᵢ)ᵀ x with z the pre-scale logits: the backward appends that pair to
+    ``sink`` (for :func:`sgd_matmul_step_`) and returns no gradient for W, so autograd never
+    allocates one; b's and s's gradients (G×K) are returned as usual.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, s: torch.Tensor,
+                sink: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        z = torch.baddbmm(b.unsqueeze(1), x.expand(w.shape[0], -1, -1), w.transpose(1, 2))
+        ctx.save_for_backward(x, z, s)
+        ctx.sink = sink
+        return z * s.unsqueeze(1)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (gout,) = grads
+        x, z, s = ctx.saved_tensors
+        gz = gout * s.unsqueeze(1)
+        if ctx.needs_input_grad[1]:
+            if ctx.sink:
+                raise RuntimeError("StackedHeads: a second backward before step(); accumulation is not supported")
+            ctx.sink.append((gz.float(), x.float()))
+        grad_b = gz.sum(1) if ctx.needs_input_grad[2] else None
+        grad_s = (gout * z).sum(1) if ctx.needs_input_grad[3] else None
+        return None, None, grad_b, grad_s, None
+
+
+@torch.no_grad()
+def sgd_matmul_step_(p: torch.Tensor, gz: torch.Tensor, x: torch.Tensor, buf: torch.Tensor, *, lr: torch.Tensor,
+                     momentum: torch.Tensor, weight_decay: torch.Tensor) -> None:
+    """:func:`sgd_step_` for p [G, K, D] whose gradient is gzᵢᵀ x (gz [G, B, K], x [B, D]), in place.
+
+    buf = m·buf + wd·p + gzᵀx; p -= lr·buf: the gradient's matmul accumulates straight into the
+    momentum buffer (``baddbmm_``), so no G×K×D gradient or temporary exists. Same sums as
+    ``torch.optim.SGD`` (d = g + wd·p; buf = m·buf + d), added in another order (float rounding).
+    """
+    shape = (-1,) + (1,) * (p.dim() - 1)
+    buf.mul_(momentum.view(shape)).addcmul_(p, weight_decay.view(shape))
+    buf.baddbmm_(gz.transpose(1, 2), x.expand(p.shape[0], -1, -1))
+    p.addcmul_(buf, lr.view(shape), value=-1.0)
 
 
 def _as_las(module: nn.Module) -> LabelAwareSmoothing:

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import doctest
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 import mislas.calibration as calibration
-from mislas.calibration import TEMPERATURE_BOUNDS, apply_temperature, fit_temperature, temperature_scaled_results
+from benchmarks.synthetic import trained_logits
+from mislas.calibration import (
+    TEMPERATURE_BOUNDS,
+    apply_temperature,
+    fit_temperature,
+    temperature_fit,
+    temperature_scaled_results,
+)
 from mislas.metrics import evaluate_logits
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+MAX_PASSES = 10  # issue 16: the fit makes at most 10 passes over the logits
 
 
 def _np_nll(z: np.ndarray, y: np.ndarray, t: float) -> float:
@@ -30,6 +41,103 @@ def _scaled_sample(seed: int, s: float, n: int = 20000, k: int = 10) -> tuple[np
     p /= p.sum(axis=1, keepdims=True)
     y = (p.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
     return s * u, y
+
+
+def _np_root_t(z: np.ndarray, y: np.ndarray) -> float:
+    """Independent reference optimum: bisection in log T on the sign of dNLL/dT, numpy float64.
+
+    dNLL/dT = −(mean_i E_p[z_i] − z_{i,y_i}) / T² with p = softmax(z / T); 64 halvings of
+    [log T_min, log T_max] (width 9.2) leave it at 5e-19, below float resolution."""
+    z = np.asarray(z, dtype=np.float64)
+    zy = z[np.arange(z.shape[0]), y]
+
+    def slope_sign(t: float) -> float:
+        s = z / t
+        p = np.exp(s - s.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        return float(np.sign(-np.mean((p * z).sum(axis=1) - zy)))
+
+    lo, hi = math.log(TEMPERATURE_BOUNDS[0]), math.log(TEMPERATURE_BOUNDS[1])
+    for _ in range(64):
+        mid = 0.5 * (lo + hi)
+        if slope_sign(math.exp(mid)) < 0:  # NLL still falling: the optimum is at larger T
+            lo = mid
+        else:
+            hi = mid
+    return math.exp(0.5 * (lo + hi))
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the fit's passes over the logits (calls of the one function that takes a softmax)."""
+    calls = [0]
+    inner = calibration._grad_curv
+
+    def wrapper(z: torch.Tensor, y: torch.Tensor, beta: float) -> tuple[float, float]:
+        calls[0] += 1
+        return inner(z, y, beta)
+
+    monkeypatch.setattr(calibration, "_grad_curv", wrapper)
+    return calls
+
+
+def _pass_cases() -> list[Any]:
+    out = []
+    for seed, s in [(0, 0.5), (1, 2.5), (2, 6.0), (3, 1.0), (4, 90.0), (6, 0.012)]:  # the last two: near a bound
+        z, y = _scaled_sample(seed, s, n=2000)
+        out.append(pytest.param(torch.tensor(z), torch.tensor(y), id=f"scale {s}"))
+    for seed in (0, 1, 2):  # mis-specified, as in test_fitted_t_is_a_minimum_of_the_nll
+        z, y = _scaled_sample(seed, 3.0, n=3000, k=7)
+        z = z + np.random.default_rng(100 + seed).normal(0.0, 1.5, size=z.shape)
+        out.append(pytest.param(torch.tensor(z, dtype=torch.float32), torch.tensor(y), id=f"noisy {seed}"))
+    for seed in (0, 1):  # iNat-shaped (8,142 classes), fewer rows
+        z, y = trained_logits(200, 8142, seed=seed)
+        out.append(pytest.param(z, y, id=f"inat-shaped {seed}"))
+    return out
+
+
+@pytest.mark.parametrize(("z", "y"), _pass_cases())
+def test_converges_in_few_passes_to_the_independent_optimum(counted: list[int], z: torch.Tensor,
+                                                            y: torch.Tensor) -> None:
+    fit = temperature_fit(z, y)
+    assert fit.passes == counted[0]  # the reported count is the real one
+    assert 3 <= fit.passes <= MAX_PASSES
+    want = _np_root_t(z.numpy(), y.numpy())
+    assert TEMPERATURE_BOUNDS[0] < want < TEMPERATURE_BOUNDS[1]
+    assert fit.temperature == pytest.approx(want, rel=1e-9)
+    assert fit_temperature(z, y) == fit.temperature
+
+
+@pytest.mark.parametrize(("seed", "s", "bound"), [(5, 150.0, 1), (7, 0.007, 0)])
+def test_optimum_beyond_a_bound_returns_the_bound_in_two_passes(counted: list[int], seed: int, s: float,
+                                                               bound: int) -> None:
+    """The NLL optimum lies outside [T_min, T_max] (near s): the bound, after the T = 1 and bound passes."""
+    z, y = _scaled_sample(seed, s, n=2000)
+    fit = temperature_fit(torch.tensor(z), torch.tensor(y))
+    assert fit == (TEMPERATURE_BOUNDS[bound], 2) and counted[0] == 2
+    # the NLL really is still falling at the bound, toward the outside
+    t = TEMPERATURE_BOUNDS[bound]
+    outward = t * (1.01 if bound else 0.99)
+    assert _np_nll(z, y, outward) < _np_nll(z, y, t)
+
+
+def test_newton_landing_on_the_bracket_end_stops(counted: list[int]) -> None:
+    """Issue 16's case: Newton reaches the root from one side, its last step lands within a float
+    step of the bracket's end; the old ``lo < nxt`` test sent it to bisection (53 passes here)."""
+    z, y = _scaled_sample(1, 2.5, n=2000)
+    fit = temperature_fit(torch.tensor(z), torch.tensor(y))
+    assert fit.passes == counted[0] <= 8
+    assert fit.temperature == pytest.approx(_np_root_t(z, y), rel=1e-9)
+
+
+def test_bisection_safeguard_finds_the_root_when_newton_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A curvature reported as 0 makes every Newton step NaN: bisection alone must still find the root."""
+    z, y = _scaled_sample(8, 2.0, n=1000, k=6)
+    inner = calibration._grad_curv
+    monkeypatch.setattr(calibration, "_grad_curv", lambda zz, yy, b: (inner(zz, yy, b)[0], 0.0))
+    fit = temperature_fit(torch.tensor(z), torch.tensor(y))
+    assert fit.temperature == pytest.approx(_np_root_t(z, y), rel=1e-6)
+    assert fit.passes < calibration._MAX_ITER  # ended on the bracket's width, not the iteration cap
 
 
 @pytest.mark.parametrize(("seed", "s"), [(0, 0.5), (1, 2.5), (2, 6.0), (3, 1.0)])
@@ -78,14 +186,14 @@ def test_separable_data_returns_lower_bound() -> None:
     g = torch.Generator().manual_seed(6)
     z = torch.randn(200, 5, generator=g)
     y = z.argmax(dim=1)  # every label the strict arg-max: NLL -> 0 as T -> 0
-    assert fit_temperature(z, y) == TEMPERATURE_BOUNDS[0]
+    assert temperature_fit(z, y) == (TEMPERATURE_BOUNDS[0], 2)
 
 
 def test_anti_informative_logits_return_upper_bound() -> None:
     g = torch.Generator().manual_seed(7)
     z = torch.randn(200, 5, generator=g)
     y = z.argmin(dim=1)  # the label is always the least likely class: flattest is best
-    assert fit_temperature(z, y) == TEMPERATURE_BOUNDS[1]
+    assert temperature_fit(z, y) == (TEMPERATURE_BOUNDS[1], 2)
 
 
 def test_constant_rows_give_t_one() -> None:

@@ -10,7 +10,7 @@ from torch import nn
 
 from mislas.las import LabelAwareSmoothing
 from mislas.models import ScaledClassifier
-from mislas.stacked import StackedHeads, sgd_step_
+from mislas.stacked import StackedHeads, sgd_matmul_step_, sgd_step_
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 K, D, B = 5, 7, 12
@@ -26,7 +26,9 @@ def test_sgd_step_equals_torch_sgd(momentum: float) -> None:
     mom = torch.full((3,), momentum)
     p, buf = p0.clone(), torch.zeros_like(p0)
     for grad in grads:
-        sgd_step_(p, grad, buf, lr=lr, momentum=mom, weight_decay=wd)
+        before, given = p.clone(), grad.clone()
+        sgd_step_(p, given, buf, lr=lr, momentum=mom, weight_decay=wd)  # overwrites the gradient it is given
+        assert torch.allclose(given, grad + wd.view(-1, 1, 1) * before, rtol=1e-6, atol=1e-7)
     for i in range(3):  # each slice as its own tensor under torch.optim.SGD
         q = p0[i].clone().requires_grad_(True)
         opt = torch.optim.SGD([q], lr=float(lr[i]), momentum=momentum, weight_decay=float(wd[i]))
@@ -34,6 +36,24 @@ def test_sgd_step_equals_torch_sgd(momentum: float) -> None:
             q.grad = grad[i].clone()
             opt.step()
         assert torch.allclose(p[i], q.detach(), rtol=1e-6, atol=1e-7), i
+
+
+def test_sgd_matmul_step_equals_torch_sgd_on_the_product_gradient() -> None:
+    """The fused update (gradient gzᵢᵀ x multiplied into the momentum) against torch.optim.SGD given that gradient."""
+    g = torch.Generator().manual_seed(3)
+    p0 = torch.randn(3, 4, 6, generator=g)
+    factors = [(torch.randn(3, 5, 4, generator=g), torch.randn(5, 6, generator=g)) for _ in range(4)]
+    lr, wd, mom = torch.tensor([0.1, 0.02, 0.5]), torch.tensor([0.0, 1e-3, 5e-2]), torch.tensor([0.9, 0.0, 0.5])
+    p, buf = p0.clone(), torch.zeros_like(p0)
+    for gz, x in factors:
+        sgd_matmul_step_(p, gz, x, buf, lr=lr, momentum=mom, weight_decay=wd)
+    for i in range(3):
+        q = p0[i].clone().requires_grad_(True)
+        opt = torch.optim.SGD([q], lr=float(lr[i]), momentum=float(mom[i]), weight_decay=float(wd[i]))
+        for gz, x in factors:
+            q.grad = gz[i].t() @ x
+            opt.step()
+        assert torch.allclose(p[i], q.detach(), rtol=1e-6, atol=1e-6), i
 
 
 def _members(method: str) -> tuple[list[nn.Module], list[torch.optim.SGD], list[nn.Module]]:
@@ -80,6 +100,7 @@ def test_stacked_heads_train_as_their_own_optimizers(method: str) -> None:
         for x, y in batches:
             per_member = stacked.loss(stacked.logits(x), y)
             torch.autograd.backward(per_member.sum())
+            assert stacked.params["weight"].grad is None  # no G×K×D gradient: step multiplies it in
             stacked.step()
             for head, opt, loss_fn, got in zip(*alone, per_member.detach()):
                 loss = loss_fn(head(x), y)

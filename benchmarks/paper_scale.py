@@ -1,0 +1,204 @@
+"""Paper-scale figures (issue 16), measured with the library's own functions on synthetic data.
+
+- Stacked Stage-2 heads at D = 2048, K = 1000, G = 16 (ImageNet-LT's classes on a ResNet-50's
+  features), MiSLAS members (W, b and the scale trained, LAS loss), batch 128: time per step of
+  the heads one by one (each its own ``torch.optim.SGD``) ÷ stacked, and the peak memory of
+  each way of stepping, in copies of G×K×D float32.
+- The temperature fit on iNaturalist-2018-shaped validation logits (24,426 × 8,142): passes
+  over the logits and the fit's time ÷ one ``log_softmax`` over them.
+
+Memory method: the peak resident set size of this process (Linux ``VmHWM``, reset to the
+current RSS by writing ``5`` to ``/proc/self/clear_refs`` before each window) minus the RSS at
+the window's start. torch's CPU allocator caches nothing; a G×K×D tensor (131 MB) is above
+glibc's mmap threshold (32 MB at most), so it is mapped when allocated and unmapped when
+freed, and a member's K×D tensor (8 MB) that the heap serves from freed memory is counted
+because the heap's free pages are handed back (``malloc_trim``) before each window, so
+reusing them faults them in again. The window starts after the
+members (their heads and optimizers) exist, so it counts what stepping them adds: for the
+stacked heads the stacked W, b and scale, their momentum, the gradient and any scratch; for the
+loop the members' gradients, momentum buffers and scratch.
+
+``before=True`` also runs the implementations issue 16 replaced (:mod:`benchmarks.legacy`) in
+the same process, interleaved, for the before/after figures.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.legacy import StackedHeadsBefore, fit_temperature_before
+from benchmarks.synthetic import trained_logits
+from mislas.calibration import _grad_curv, temperature_fit
+from mislas.data import lt_class_counts
+from mislas.las import LabelAwareSmoothing
+from mislas.models import ScaledClassifier
+from mislas.stacked import StackedHeads
+
+INAT_VAL, INAT_CLASSES = 24_426, 8_142
+Members = tuple[list[nn.Module], list[torch.optim.SGD], list[nn.Module]]
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back (glibc ``malloc_trim``), so that reusing them counts in the RSS again."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_window(run: Callable[[], Any]) -> int:
+    """Bytes by which the peak RSS while ``run()`` runs exceeds the RSS at its start (see module doc)."""
+    gc.collect()
+    _trim_heap()
+    Path("/proc/self/clear_refs").write_text("5")
+    start = _status_kb("VmRSS")
+    run()
+    return (_status_kb("VmHWM") - start) * 1024
+
+
+def members(g: int, k: int, d: int, *, seed: int = 0) -> Members:
+    """G MiSLAS Stage-2 members on one D→K Stage-1 classifier, differing in lr, ΔW ratio, ε, momentum, wd."""
+    torch.manual_seed(seed)
+    base = nn.Linear(d, k)
+    counts = lt_class_counts(k, 1000, 100.0)
+    heads: list[nn.Module] = []
+    opts: list[torch.optim.SGD] = []
+    losses: list[nn.Module] = []
+    for i in range(g):
+        linear = nn.Linear(d, k)
+        linear.load_state_dict(base.state_dict())
+        head = ScaledClassifier(linear, train_weight=True, train_scale=True)
+        lr = (0.05, 0.1)[i % 2]
+        groups = [{"params": list(linear.parameters()), "lr": lr * (0.05, 0.1, 0.2, 0.5)[i % 4]},
+                  {"params": [head.scale], "lr": lr}]
+        heads.append(head)
+        opts.append(torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=(5e-4, 1e-4)[i % 2]))
+        losses.append(LabelAwareSmoothing(counts, 0.1 + 0.3 * (i % 8) / 7, 0.05 * (i % 3), target="paper"))
+    return heads, opts, losses
+
+
+def stacked_step(stacked: StackedHeads, x: torch.Tensor, y: torch.Tensor) -> None:
+    losses = stacked.loss(stacked.logits(x), y)
+    torch.autograd.backward(losses.sum())
+    stacked.step()
+
+
+def loop_step(m: Members, x: torch.Tensor, y: torch.Tensor) -> None:
+    for head, opt, loss_fn in zip(*m):
+        loss = loss_fn(head(x), y)
+        opt.zero_grad(set_to_none=True)
+        torch.autograd.backward(loss)
+        opt.step()
+
+
+def bench_stacked(g: int = 16, k: int = 1000, d: int = 2048, *, batch: int = 128, rounds: int = 6,
+                  before: bool = False) -> dict[str, Any]:
+    """Time per step (one by one, stacked, and the old stacked if ``before``) and peak copies of G×K×D."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, d, generator=gen).relu_()
+    y = torch.randint(0, k, (batch,), generator=gen)
+    copy_bytes = g * k * d * 4
+    kinds: dict[str, Callable[[Members], Callable[[], None]]] = {
+        "loop": lambda m: lambda: loop_step(m, x, y),
+        "stacked": lambda m: (lambda s: lambda: stacked_step(s, x, y))(StackedHeads(*m)),
+    }
+    if before:
+        kinds["stacked_before"] = lambda m: (lambda s: lambda: stacked_step(s, x, y))(StackedHeadsBefore(*m))
+    copies: dict[str, float] = {}
+    for name, make in kinds.items():  # memory first, each kind on fresh members
+        m = members(g, k, d)
+
+        def window(make: Callable[[Members], Callable[[], None]] = make, m: Members = m) -> None:
+            step = make(m)
+            for _ in range(3):
+                step()
+
+        copies[name] = peak_window(window) / copy_bytes
+        del m
+    steps = {name: make(members(g, k, d)) for name, make in kinds.items()}
+    for step in steps.values():
+        step()  # warm-up: momentum buffers exist, kernels chosen
+    secs: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):  # interleaved: a burst of load hits one turn, not one kind
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            secs[name].append(time.perf_counter() - t0)
+    best = {name: min(v) for name, v in secs.items()}
+    med = {name: statistics.median(v) for name, v in secs.items()}
+    out: dict[str, Any] = {"shape": {"G": g, "K": k, "D": d, "B": batch}, "rounds": rounds,
+                           "step_s": {n: [round(s, 4) for s in v] for n, v in secs.items()},
+                           "peak_copies": copies, "copy_bytes": copy_bytes,
+                           "stacked_vs_loop": best["loop"] / best["stacked"],
+                           "stacked_vs_loop_median": med["loop"] / med["stacked"]}
+    if before:
+        out["stacked_before_vs_loop"] = best["loop"] / best["stacked_before"]
+        out["stacked_vs_stacked_before"] = best["stacked_before"] / best["stacked"]
+    return out
+
+
+def bench_temperature(n: int = INAT_VAL, k: int = INAT_CLASSES, *, before: bool = False) -> dict[str, Any]:
+    """Passes and time of the temperature fit on trained-looking logits, ÷ one log_softmax over them."""
+    z, y = trained_logits(n, k, seed=0)
+    ls = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        torch.log_softmax(z, dim=1)
+        ls.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    fit = temperature_fit(z, y)
+    fit_s = time.perf_counter() - t0
+    z64 = z.double()
+    z64 -= z64.max(dim=1, keepdim=True).values
+    t0 = time.perf_counter()
+    _grad_curv(z64, y, 1.0)
+    pass_s = time.perf_counter() - t0
+    del z64
+    out: dict[str, Any] = {"shape": [n, k], "temperature": fit.temperature, "passes": fit.passes, "fit_s": fit_s,
+                           "log_softmax_s": min(ls), "one_pass_s": pass_s,
+                           "s_per_softmax": fit_s / min(ls), "s_per_pass": fit_s / pass_s}
+    if before:
+        t0 = time.perf_counter()
+        t_old, passes_old = fit_temperature_before(z, y)
+        old_s = time.perf_counter() - t0
+        out.update(before={"temperature": t_old, "passes": passes_old, "fit_s": old_s,
+                           "s_per_softmax": old_s / min(ls)},
+                   rel_diff_vs_before=fit.temperature / t_old - 1.0)
+    return out
+
+
+def paper_scale(*, before: bool = False) -> dict[str, Any]:
+    """Both benchmarks, with the figures issue 16 names at the top level."""
+    st = bench_stacked(before=before)
+    tf = bench_temperature(before=before)
+    flat: dict[str, Any] = {
+        "stacked_vs_loop_2048x1000_g16": st["stacked_vs_loop"],
+        "stacked_peak_copies_2048x1000_g16": st["peak_copies"]["stacked"],
+        "loop_peak_copies_2048x1000_g16": st["peak_copies"]["loop"],
+        "tf_passes_inat": tf["passes"],
+        "tf_s_per_softmax_inat": tf["s_per_softmax"],
+    }
+    if before:
+        flat.update({
+            "stacked_vs_loop_2048x1000_g16_before": st["stacked_before_vs_loop"],
+            "stacked_peak_copies_2048x1000_g16_before": st["peak_copies"]["stacked_before"],
+            "tf_passes_inat_before": tf["before"]["passes"],
+            "tf_s_per_softmax_inat_before": tf["before"]["s_per_softmax"],
+        })
+    return {**flat, "stacked": st, "temperature": tf}
