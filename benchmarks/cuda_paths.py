@@ -316,8 +316,8 @@ def stacked_vs_one_by_one(device: torch.device, sizes: Sizes) -> Check:
 
 @_timed
 def bf16_vs_fp32(device: torch.device, sizes: Sizes) -> Check:
-    """ResNet-32's logits, loss and gradients under bf16 autocast against fp32, and one Stage-1 run's
-    per-epoch losses: within the bf16 bounds of the module docstring."""
+    """ResNet-32's logits, loss and gradients under bf16 autocast against fp32, and a Stage-1 run's
+    first-epoch loss: within the bf16 bounds of the module docstring."""
     data = parity_data(sizes)
     cfg = parity_config(sizes, device)
     torch.manual_seed(0)
@@ -343,13 +343,15 @@ def bf16_vs_fp32(device: torch.device, sizes: Sizes) -> Check:
             with precision(mode):
                 _, records = stages.fit_stage1(data, cfg, device=device, progress=False)
             losses[mode] = [r.train_loss for r in records]
-    epoch_rel = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses["bf16"], losses["fp32"]))
+    # the first epoch only: later epochs start from weights the rounding already moved, and two
+    # trajectories of SGD drift apart whatever the precision (reported, not held to a bound)
+    epoch_rel = abs(losses["bf16"][0] - losses["fp32"][0]) / max(abs(losses["fp32"][0]), 1e-12)
     passed = logit_rel <= 0.05 and loss_rel <= 0.02 and cosine >= 0.98 and epoch_rel <= 0.05
     return Check("bf16 autocast vs fp32", passed,
                  "logits rel L2 <= 0.05, loss rel <= 0.02, gradient cosine >= 0.98, "
-                 "Stage-1 epoch losses rel <= 0.05",
+                 "first Stage-1 epoch's mean loss rel <= 0.05",
                  {"logits_rel_l2": logit_rel, "loss_rel": loss_rel, "grad_cosine": cosine,
-                  "epoch_loss_max_rel_diff": epoch_rel, "epoch_losses_fp32": losses["fp32"],
+                  "first_epoch_loss_rel_diff": epoch_rel, "epoch_losses_fp32": losses["fp32"],
                   "epoch_losses_bf16": losses["bf16"]})
 
 

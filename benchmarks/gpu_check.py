@@ -568,6 +568,8 @@ def step_replication(ctx: Ctx, write: Callable[[dict[str, Any]], None]) -> dict[
                                 f"{ctx.data_root or f'{STAGED} or {SYSTEM_DIR}'}; run scripts/gpu-check.sh "
                                 f"--stage-data and carry gpu-data")
     cfg = replication_config(ctx.tiny, root, ctx.device)
+    if ctx.cuda:
+        torch.cuda.empty_cache()  # steps b and c's cached blocks: the workers' GPU memory
     cpus = len(os.sched_getaffinity(0))
     probe_epochs = 2 if ctx.tiny else 3
     probe = replace(cfg, stage1=replace(cfg.stage1, epochs=probe_epochs))
@@ -837,8 +839,16 @@ def main(argv: list[str] | None = None) -> int:
         return stage_data(args.data_root)
     out = args.out or Path(os.environ.get("OUT") or "runs/gpu-check")
     out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
     if args.tiny:
         torch.set_num_threads(1)  # tiny tensors on a shared CPU: one thread (see tests/conftest.py)
+    try:
+        return _run(args, out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, out: Path) -> int:
     with open(out / "log.txt", "w") as log:
         ctx = Ctx(torch.device(args.device), args.tiny, out, args.budget_min * 60, args.data_root, args.seeds, log)
         ctx.say(f"device {ctx.device}, {'tiny' if args.tiny else 'full'} sizes, budget {args.budget_min} min, "

@@ -22,6 +22,10 @@ from benchmarks import gpu_check
 from tests.conftest import write_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[2]
+# Every step must run: the estimates scale with the measured speed, and a loaded CPU would skip
+# steps under a realistic budget (the budget's skipping has its own test below). Unloaded, the
+# dry mode takes about 90 s.
+BUDGET_MIN = 60
 FILES = ("env.json", "correctness.json", "bench.json", "replication.json", "summary.json", "summary.md", "log.txt")
 
 
@@ -35,11 +39,13 @@ def dry(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedP
     data = write_fashion_mnist(tmp / "fm", per_class=40, test_per_class=10)
     out = tmp / "out"
     proc = subprocess.run([str(ROOT / "scripts" / "gpu-check.sh"), "--device", "cpu", "--tiny", "--out", str(out),
-                           "--data-root", str(data), "--seeds", "0", "--budget-min", "15"],
-                          env={**_env(), "PYTHON": sys.executable}, capture_output=True, text=True, timeout=900)
+                           "--data-root", str(data), "--seeds", "0", "--budget-min", str(BUDGET_MIN)],
+                          env={**_env(), "PYTHON": sys.executable}, capture_output=True, text=True,
+                          timeout=BUDGET_MIN * 60 + 300)
     return proc, out
 
 
+@pytest.mark.timeout(BUDGET_MIN * 60 + 600)  # the first test to use ``dry`` pays for the run
 def test_dry_mode_writes_every_step(dry: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     proc, out = dry
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -55,6 +61,7 @@ def test_dry_mode_writes_every_step(dry: tuple[subprocess.CompletedProcess[str],
     assert md in proc.stdout  # the table is also printed
 
 
+@pytest.mark.timeout(BUDGET_MIN * 60 + 600)
 def test_dry_mode_numbers_are_sane(dry: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     _, out = dry
     env = json.loads((out / "env.json").read_text())
@@ -98,13 +105,13 @@ def test_budget_skips_what_would_not_finish(tmp_path: Path, capsys: pytest.Captu
 def test_stage_data_copies_the_four_files(tmp_path: Path) -> None:
     src = write_fashion_mnist(tmp_path / "src", per_class=2, test_per_class=1)
     cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--stage-data", "--data-root", str(src)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     staged = tmp_path / gpu_check.STAGED
     assert sorted(p.name for p in staged.iterdir()) == sorted(p.name for p in src.iterdir())
     assert all((staged / p.name).read_bytes() == p.read_bytes() for p in src.iterdir())
     bad = subprocess.run([*cmd[:-1], str(tmp_path / "missing")], cwd=tmp_path, env=_env(), capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=900)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "missing" in bad.stderr
 
 
@@ -113,5 +120,5 @@ def test_imports_without_ray_optuna_or_pytest() -> None:
     code = ("import sys\nfor m in ('ray', 'optuna', 'pytest'): sys.modules[m] = None\n"
             "import benchmarks.gpu_check, benchmarks.cuda_paths, mislas.train, mislas.stages\n"
             "assert all(sys.modules.get(m) is None for m in ('ray', 'optuna', 'pytest'))\n")
-    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
