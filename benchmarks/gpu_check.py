@@ -109,6 +109,7 @@ TINY_REPLICATION = ("data.n_max=30", "data.imb_factor=10", "data.val_per_class=5
                     "stage1.epochs=2", "stage1.warmup_epochs=1", "stage1.milestones=(1)", "stage1.batch_size=16",
                     "stage2.epochs=1", "stage2.batch_size=16")
 ARM_METHODS = {True: ("ce", "crt", "lws", "tau_norm", "mislas"), False: ("ce", "crt", "lws", "tau_norm")}
+METRICS = ("acc", "acc_many", "acc_medium", "acc_few", "ece", "ece_after_ts", "nll")
 LABELS = {"ce": "CE", "crt": "cRT", "lws": "LWS", "tau_norm": "tau-norm", "mislas": "MiSLAS"}
 
 
@@ -535,14 +536,29 @@ def arm(cfg: RunConfig, methods: tuple[str, ...], threads: int) -> dict[str, Any
                            "epoch_wall_s": [r.wall_s for r in records], "rows": []}
     for method in methods:
         t1 = time.perf_counter()
-        res = stages.train_stage2(data, model, with_method(cfg, method), device=device, progress=False)
-        test = res.test.summary()
         name = LABELS[method] + ("+mixup" if cfg.stage1.mixup and method != "mislas" else "")
-        out["rows"].append({"method": name, "seed": cfg.seed, **{k: test[k] for k in (
-            "acc", "acc_many", "acc_medium", "acc_few", "ece", "nll")},
-            "ece_after_ts": res.test_ts.summary()["ece"] if res.test_ts is not None else None,
-            "stage2_s": time.perf_counter() - t1})
+        row: dict[str, Any] = {"method": name, "seed": cfg.seed}
+        try:
+            res = stages.train_stage2(data, model, with_method(cfg, method), device=device, progress=False)
+        except Exception as exc:  # a diverged method is a result; the arm's other methods still run
+            row |= {k: None for k in METRICS} | {"error": " ".join(f"{type(exc).__name__}: {exc}".split())}
+        else:
+            test = res.test.summary()
+            row |= {k: test[k] for k in METRICS if k != "ece_after_ts"}
+            row["ece_after_ts"] = res.test_ts.summary()["ece"] if res.test_ts is not None else None
+        row["stage2_s"] = time.perf_counter() - t1
+        out["rows"].append(row)
     return out
+
+
+def arm_or_error(cfg: RunConfig, methods: tuple[str, ...], threads: int) -> dict[str, Any]:
+    """:func:`arm`, with an exception turned into its message: not every exception survives the
+    trip back from a worker process (pickling), and the message is what the report needs."""
+    try:
+        return arm(cfg, methods, threads)
+    except Exception as exc:
+        return {"seed": cfg.seed, "mixup": cfg.stage1.mixup, "error": " ".join(f"{type(exc).__name__}: {exc}".split()),
+                "rows": []}
 
 
 def _warm(cfg: RunConfig, threads: int) -> float:
@@ -551,8 +567,18 @@ def _warm(cfg: RunConfig, threads: int) -> float:
     t0 = time.perf_counter()
     device = stages.resolve_device(cfg.device)
     data = _data(cfg.data)
-    stages.fit_stage1(data, replace(cfg, stage1=replace(cfg.stage1, epochs=1)), device=device, progress=False)
+    try:
+        stages.fit_stage1(data, replace(cfg, stage1=replace(cfg.stage1, epochs=1)), device=device, progress=False)
+    except Exception:  # noqa: S110 -- warming up only; the probe that follows reports what breaks
+        pass
     return time.perf_counter() - t0
+
+
+def _checked(result: dict[str, Any]) -> dict[str, Any]:
+    """A probe's result, or its worker's error raised here (the probe decides the plan)."""
+    if "error" in result:
+        raise RuntimeError(f"side-by-side probe: {result['error']}")
+    return result
 
 
 def _epoch_s(result: dict[str, Any]) -> float:
@@ -576,12 +602,12 @@ def step_replication(ctx: Ctx, write: Callable[[dict[str, Any]], None]) -> dict[
     out: dict[str, Any] = {"data_root": str(root), "protocol": "scripts/replicate.sh's study (paper budget, "
                            "Table 6 CIFAR-10-LT row) at " + ("tiny size" if ctx.tiny else "n_max 6000"),
                            "config": cfg.to_dict(), "seeds_asked": ctx.seeds, "arms": [], "rows": []}
+    threads = max(1, cpus // 2)  # each of two workers; the GPU, not the CPU threads, should set the pace
     with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as pool:
-        threads = max(1, cpus // 2)
         warm = [pool.submit(_warm, cfg, threads) for _ in range(2)]
         out["worker_start_s"] = [f.result() for f in warm]
-        alone = pool.submit(arm, probe, (), cpus).result()
-        pair = [f.result() for f in [pool.submit(arm, probe, (), threads) for _ in range(2)]]
+        alone = _checked(pool.submit(arm_or_error, probe, (), threads).result())  # the same threads as each of a pair
+        pair = [_checked(f.result()) for f in [pool.submit(arm_or_error, probe, (), threads) for _ in range(2)]]
         n = alone["train_images"]
         rate_alone = n / _epoch_s(alone)
         rate_pair = sum(n / _epoch_s(r) for r in pair)
@@ -606,19 +632,25 @@ def step_replication(ctx: Ctx, write: Callable[[dict[str, Any]], None]) -> dict[
             cfgs = [replace(cfg, seed=seed, stage1=replace(cfg.stage1, mixup=m)) for m in (True, False)]
             t0 = time.perf_counter()
             if side:
-                results = [f.result() for f in [pool.submit(arm, c, ARM_METHODS[c.stage1.mixup], threads)
+                results = [f.result() for f in [pool.submit(arm_or_error, c, ARM_METHODS[c.stage1.mixup], threads)
                                                 for c in cfgs]]
             else:
-                results = [pool.submit(arm, c, ARM_METHODS[c.stage1.mixup], cpus).result() for c in cfgs]
+                results = [pool.submit(arm_or_error, c, ARM_METHODS[c.stage1.mixup], threads).result()
+                           for c in cfgs]
             took = time.perf_counter() - t0
             for r in results:
                 out["arms"].append({k: v for k, v in r.items() if k != "rows"})
                 out["rows"].extend(r["rows"])
             out.setdefault("seed_wall_s", {})[str(seed)] = took
             ctx.say(f"  seed {seed}: {took:.0f} s (estimated {per_seed:.0f} s); " + ", ".join(
-                f"{r['method']} {r['acc']:.1f}" for r in out["rows"] if r["seed"] == seed))
+                f"{r['method']} {_fmt(r['acc'], 1) if r['acc'] is not None else r['error']}"
+                for r in out["rows"] if r["seed"] == seed) + "".join(
+                f"; arm {'mixup' if r['mixup'] else 'plain'}: {r['error']}" for r in results if "error" in r))
             write(out)
     out["table"] = replication_table(out["rows"])
+    if not out["rows"]:
+        out["status"] = "partial"
+        out["step_note"] = "no seed fitted in the budget left (see seeds_skipped); the probe is in side_by_side"
     return out
 
 
@@ -630,8 +662,8 @@ def replication_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rs = [r for r in rows if r["method"] == name]
         if not rs:
             continue
-        entry: dict[str, Any] = {"method": name, "seeds": len(rs)}
-        for key in ("acc", "acc_many", "acc_medium", "acc_few", "ece", "ece_after_ts", "nll"):
+        entry: dict[str, Any] = {"method": name, "seeds": len(rs), "failed": sum("error" in r for r in rs)}
+        for key in METRICS:
             vals = [float(r[key]) for r in rs if r[key] is not None]
             entry[key] = statistics.mean(vals) if vals else None
             entry[key + "_sd"] = statistics.stdev(vals) if len(vals) > 1 else None
@@ -704,14 +736,15 @@ def summary_md(ctx: Ctx, s: dict[str, Any]) -> str:
         lines.append(f"| {LETTER[step]}. {step} | {st['status']} | {_fmt(st.get('estimate_s'), 0)} | "
                      f"{_fmt(st.get('wall_s'), 0)} | {_fmt(st.get('cpu_s'), 0)} | "
                      f"{st.get('reason', st.get('error', ''))} |")
-    corr = ctx.outputs.get("correctness")
+    done = {k: v for k, v in ctx.outputs.items() if "error" not in v}  # a broken step has its error above
+    corr = done.get("correctness")
     if corr:
         lines += ["", "## b. CUDA correctness", "", "| comparison | passed | measured | tolerance |",
                   "| --- | --- | --- | --- |"]
         for c in corr["checks"]:
             meas = ", ".join(f"{k} {_short(v)}" for k, v in c["measured"].items() if not isinstance(v, list))
             lines.append(f"| {c['name']} | {_fmt(c['passed'])} | {meas or c['detail']} | {c['tolerance']} |")
-    bench = ctx.outputs.get("bench")
+    bench = done.get("bench")
     if bench:
         s1, s2 = bench["stage1"], bench["stage2"]
         lines += ["", "## c. Speed", "", "| figure | value |", "| --- | --- |"]
@@ -727,21 +760,24 @@ def summary_md(ctx: Ctx, s: dict[str, Any]) -> str:
                          f"{r['train_ms_per_step_per_member']:.3f} | {_fmt(r['train_peak_gib'])} | "
                          f"{_fmt(r.get('train_peak_gib_marginal_per_member'), 3)} | "
                          f"{_fmt(r.get('eval_s_per_member_per_1k'), 3)} |")
-    rep = ctx.outputs.get("replication")
+    rep = done.get("replication")
     if rep:
         sbs = rep.get("side_by_side", {})
         lines += ["", "## d. Fashion-MNIST-LT replication", "",
                   f"{rep['protocol']}; two runs side by side: {_fmt(sbs.get('pair_over_alone'))}x the images/s of "
                   f"one ({'used' if sbs.get('used') else 'not used'}); seeds done: "
                   f"{sorted({r['seed'] for r in rep['rows']})}.", "",
-                  "| method | seeds | test acc | Many | Medium | Few | ECE | ECE after TS | NLL |",
+                  "| method | seeds (failed) | test acc | Many | Medium | Few | ECE | ECE after TS | NLL |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for t in rep.get("table", replication_table(rep["rows"])):
             def pm(key: str, t: dict[str, Any] = t) -> str:
                 sd = t.get(key + "_sd")
                 return _fmt(t[key]) + (f" ± {sd:.2f}" if sd is not None else "")
-            lines.append(f"| {t['method']} | {t['seeds']} | {pm('acc')} | {pm('acc_many')} | {pm('acc_medium')} | "
+            lines.append(f"| {t['method']} | {t['seeds']} ({t['failed']}) | {pm('acc')} | {pm('acc_many')} | {pm('acc_medium')} | "
                          f"{pm('acc_few')} | {pm('ece')} | {pm('ece_after_ts')} | {pm('nll')} |")
+        lines += [f"- {r['method']}, seed {r['seed']}: {r['error']}" for r in rep["rows"] if "error" in r]
+        lines += [f"- Stage 1 {'mixup' if a['mixup'] else 'plain'}, seed {a['seed']}: {a['error']}"
+                  for a in rep["arms"] if "error" in a]
     return "\n".join(lines) + "\n"
 
 
@@ -768,7 +804,9 @@ def run_step(ctx: Ctx, step: str, fn: Callable[[], dict[str, Any]]) -> None:
     t0, c0 = time.perf_counter(), cpu_seconds()
     try:
         result = fn()
-        record["status"] = "ok"
+        record["status"] = result.pop("status", "ok")
+        if "step_note" in result:
+            record["reason"] = result["step_note"]
         if step == "correctness" and not result["passed"]:
             record["status"] = "failed"
             record["reason"] = "comparisons failed: " + ", ".join(c["name"] for c in result["checks"]

@@ -82,12 +82,18 @@ def test_dry_mode_numbers_are_sane(dry: tuple[subprocess.CompletedProcess[str], 
     methods = sorted(r["method"] for r in rep["rows"])
     assert methods == sorted(["CE", "cRT", "LWS", "tau-norm", "CE+mixup", "cRT+mixup", "LWS+mixup",
                               "tau-norm+mixup", "MiSLAS"])
-    assert all(0 <= r["acc"] <= 100 and r["nll"] > 0 for r in rep["rows"])
+    # tiny Stage 1s on random images may leave a Stage 2 to diverge: such a row names the error;
+    # CE trains no Stage 2, so its rows always have numbers
+    for r in rep["rows"]:
+        assert (0 <= r["acc"] <= 100 and r["nll"] > 0) if "error" not in r else "diverged" in r["error"], r
+    assert all(r["acc"] is not None for r in rep["rows"] if r["method"].startswith("CE"))
     # each arm's Stage 1 trained its two tiny epochs; the table is the mean over the seeds' rows
     assert [a["epochs"] for a in rep["arms"]] == [2, 2] and all(len(a["epoch_wall_s"]) == 2 for a in rep["arms"])
     for t in rep["table"]:
-        accs = [r["acc"] for r in rep["rows"] if r["method"] == t["method"]]
-        assert t["acc"] == pytest.approx(statistics.mean(accs)) and t["seeds"] == len(accs)
+        rows = [r for r in rep["rows"] if r["method"] == t["method"]]
+        accs = [r["acc"] for r in rows if r["acc"] is not None]
+        assert t["seeds"] == len(rows) and t["failed"] == len(rows) - len(accs)
+        assert t["acc"] == (pytest.approx(statistics.mean(accs)) if accs else None)
 
 
 def test_budget_skips_what_would_not_finish(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
