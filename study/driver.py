@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from mislas.errors import UsageError
 from study import journal
+from study.nodecheck import check_nodes
+from study.runtime import join_cluster
 from study.settings import StudySettings
 from study.storage import LockHeld, StorageError, Store, StudyLock
 
@@ -119,6 +121,12 @@ def run_study(s: StudySettings, *, fingerprints: dict[str, str] | None = None) -
         raise UsageError(f"--storage: {exc}") from None
     results = storage.child(s.name)
     saved = check_study_json(s, results)
+    # a cluster that refuses this driver (token, address) or lacks a trial's packages on a node
+    # refuses it before anything is written to the storage (study.runtime.ClusterError,
+    # study.nodecheck.NodeDependencyError: one line, exit 3)
+    joined_s = join_cluster(s.address)
+    if joined_s is not None:
+        check_nodes()
     results.makedirs()
     lock = StudyLock(results)
     try:
@@ -128,7 +136,7 @@ def run_study(s: StudySettings, *, fingerprints: dict[str, str] | None = None) -
     try:
         if (line := lock.describe_takeover()) is not None:
             say(line)
-        return _run_locked(s, storage, results, saved, fingerprints or {})
+        return _run_locked(s, storage, results, saved, fingerprints or {}, joined_s)
     finally:
         lock.release()
 
@@ -149,7 +157,7 @@ def stage1_phase(s: StudySettings, storage: Store, results: Store, fingerprints:
 
 
 def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[str, Any] | None,
-                fingerprints: dict[str, str]) -> int:
+                fingerprints: dict[str, str], joined_s: float | None = None) -> int:
     import ray
     from ray import tune
 
@@ -175,6 +183,7 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
         check_resume(s, results, local_cache)
 
     started_ray, ray_init_s = init_ray(s.address, s.num_cpus)
+    ray_init_s = ray_init_s if joined_s is None else joined_s
     try:
         default_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         gpus = s.gpus_per_trial if s.gpus_per_trial is not None else default_gpus

@@ -13,10 +13,16 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# gitignore-style patterns of what not to ship to a cluster; anchored with "/" so that e.g.
-# mislas/data/ is not excluded.
+DISTRIBUTION = "mislas-study"
+PACKAGES = ("mislas", "study", "search_spaces")  # what the wheel installs (pyproject's packages.find)
+# gitignore-style patterns of what not to ship from a checkout (``working_dir``); anchored with "/"
+# at the repository root, so that e.g. /data/ (a data folder) goes and mislas/data/ stays.
 EXCLUDES = ["/.venv/", "/.git/", "/results/", "/reports/", "/runs/", "/data/", "__pycache__/", "/.pytest_cache/",
             "/.mypy_cache/", "/.ruff_cache/", "*.pt", "*.parquet"]
+# Ray matches ``excludes`` relative to *each* ``py_modules`` root: a repository-anchored pattern such
+# as "/data/" there drops mislas/data/. An install ships its packages less only what Python and
+# anything else left beside the wheel's files (:func:`installed_excludes`).
+BYTECODE = ["__pycache__/", "*.pyc"]
 
 
 def is_checkout() -> bool:
@@ -24,17 +30,48 @@ def is_checkout() -> bool:
     return (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "search_spaces").is_dir()
 
 
+def package_roots() -> list[Path]:
+    """The folders of the three installed packages (each a ``py_modules`` entry)."""
+    import importlib
+
+    return [Path(importlib.import_module(name).__file__ or "").resolve().parent for name in PACKAGES]
+
+
+def _escape(rel: str) -> str:
+    """A path as a literal gitwildmatch pattern (anchored at the module root)."""
+    return "/" + "".join("\\" + c if c in "[]*?!#\\ " else c for c in rel)
+
+
+def installed_excludes(roots: list[Path]) -> list[str]:
+    """Patterns that leave exactly the files the distribution's RECORD lists under ``roots``
+    (bytecode aside): files a user or a tool put into site-packages beside them stay here.
+    Without the distribution's metadata (the packages copied onto a path by hand), only bytecode
+    is left out."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return list(BYTECODE)
+    recorded = {Path(str(dist.locate_file(f))).resolve() for f in dist.files or []}
+    strays = set()
+    for root in roots:
+        if not any(p.is_relative_to(root) for p in recorded):  # another copy than the recorded one
+            return list(BYTECODE)
+        for path in root.rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc" and path not in recorded:
+                strays.add(_escape(path.relative_to(root).as_posix()))
+    return [*BYTECODE, *sorted(strays)]
+
+
 def code_runtime_env() -> dict[str, Any]:
     """How a cluster gets this code: the repository as ``working_dir`` from a checkout; from an
-    installed wheel, its three packages as ``py_modules`` (never the whole site-packages)."""
+    installed wheel, its three packages as ``py_modules`` (never the whole site-packages), each
+    shipping exactly the files the wheel installed."""
     if is_checkout():
         return {"working_dir": str(REPO_ROOT), "excludes": EXCLUDES}
-    import mislas
-    import search_spaces
-    import study
-
-    modules = [str(Path(m.__file__ or "").resolve().parent) for m in (mislas, study, search_spaces)]
-    return {"py_modules": modules, "excludes": EXCLUDES}
+    roots = package_roots()
+    return {"py_modules": [str(r) for r in roots], "excludes": installed_excludes(roots)}
 
 
 def git_commit() -> str | None:
@@ -48,6 +85,43 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+class ClusterError(Exception):
+    """The cluster could not be joined (unreachable, or refused this client's token); one line."""
+
+
+TOKEN_SOURCES = "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, with RAY_AUTH_MODE=token"
+
+
+def join_error(exc: BaseException, address: str) -> ClusterError:
+    """One line for a failed ``ray.init(address=...)``: Ray's first line and what to do."""
+    from ray.exceptions import AuthenticationError
+
+    first = next((ln.strip() for ln in str(getattr(exc, "message", exc)).splitlines() if ln.strip()), "")
+    first = first.split(". ")[0].rstrip(".")
+    first = first if len(first) <= 200 else first[:197] + "..."
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if isinstance(exc, AuthenticationError) or "auth" in str(exc).lower() or "token" in str(exc).lower():
+        return ClusterError(f"cannot join the Ray cluster at {address}: authentication failed ({text}); give the "
+                            f"cluster's token ({TOKEN_SOURCES}); `ray get-auth-token` on the head prints it")
+    return ClusterError(f"cannot join the Ray cluster at {address} ({text}); is the cluster up and its GCS port "
+                        f"reachable from here?")
+
+
+def join_cluster(address: str | None) -> float | None:
+    """Join the cluster the driver is pointed at (``--address`` or ``RAY_ADDRESS``), before the
+    study writes anything to its storage; None when Ray is to start in this process. A refusal
+    (no or wrong token, nothing listening) raises ClusterError. Token authentication stays on
+    (``RAY_AUTH_MODE=token`` unless set otherwise), as study.submit keeps it."""
+    target = address or os.environ.get("RAY_ADDRESS")
+    if not target:
+        return None
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    try:
+        return init_ray(address, None)[1]
+    except Exception as exc:  # Ray raises ConnectionError, AuthenticationError, RuntimeError, ...
+        raise join_error(exc, target) from None
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> tuple[bool, float]:
