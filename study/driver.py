@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mislas.errors import UsageError
 from study import journal
-from study.nodecheck import check_nodes
+from study.nodecheck import check_nodes, check_stage1_gpus
 from study.runtime import join_cluster
 from study.settings import StudySettings
 from study.storage import LockHeld, StorageError, Store, StudyLock
@@ -189,6 +189,7 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
         gpus = s.gpus_per_trial if s.gpus_per_trial is not None else default_gpus
         device = "cuda" if gpus > 0 else "cpu"
         stage1_gpus = s.stage1_gpus_per_worker if s.stage1_gpus_per_worker is not None else default_gpus
+        check_stage1_gpus(s.stage1_workers, stage1_gpus)  # one line, exit 3: no NCCL error, no "rerun"
         phase = stage1_phase(s, storage, results, fingerprints, stage1_gpus)
         if phase.failures:
             print(f"[study] Stage-1 phase: {len(phase.failures)} of {phase.planned} Stage 1s failed (above); no "

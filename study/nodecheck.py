@@ -82,3 +82,54 @@ def check_driver(modules: list[str] | None = None) -> None:
             f"this Python ({sys.executable}, on {socket.gethostname()}) cannot import {', '.join(missing)}: install "
             f"{' '.join(reqs)} into it (pip install '.[study]' from the repository, or the built wheel with "
             f"[study]), or run from the environment that has them")
+
+
+def cuda_facts() -> dict[str, Any]:
+    """Whether this worker's torch sees CUDA, and what Ray gave it (imports torch: on a node)."""
+    import os
+
+    import ray
+    import torch
+
+    return {"cuda": bool(torch.cuda.is_available()), "node_ip": ray.util.get_node_ip_address(),
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"), "torch": torch.__version__,
+            "built_for": torch.version.cuda}
+
+
+def _no_cuda(what: str, facts: dict[str, Any], fix: str) -> str:
+    return (f"{what} on node {facts['node_ip']} (CUDA_VISIBLE_DEVICES={facts['visible']}), but torch "
+            f"{facts['torch']} there cannot see CUDA (torch.cuda.is_available() is False; built for CUDA "
+            f"{facts['built_for']}): run with {fix}, or on nodes whose torch sees their GPUs")
+
+
+def require_cuda(what: str, fix: str) -> None:
+    """Inside a task given a GPU: fail with one line when torch cannot see it (rather than train
+    on the CPU under a config that says "cuda")."""
+    facts = cuda_facts()
+    if not facts["cuda"]:
+        raise RuntimeError(_no_cuda(what + " was given a GPU", facts, fix))
+
+
+def check_stage1_gpus(workers: int, gpus_per_worker: float, *, timeout_s: float = 300.0) -> None:
+    """Before the Stage-1 phase trains on GPUs: one task given ``gpus_per_worker`` GPU checks that
+    torch sees CUDA there. A head that declares logical GPUs (``ray start --num-gpus``) on a
+    machine without CUDA would otherwise start NCCL data-parallel workers that die in NCCL's
+    ValueError (``workers`` > 1), or one-process Stage 1s that fail one by one. Raises
+    NodeDependencyError (one line, exit 3; rerunning does not help). Skipped when the cluster
+    has no such GPUs now (Ray would queue the work until an autoscaled node comes) or the probe
+    is not scheduled within ``timeout_s``."""
+    import ray
+
+    if gpus_per_worker <= 0 or ray.cluster_resources().get("GPU", 0) < gpus_per_worker:
+        return
+    ref = ray.remote(cuda_facts).options(num_cpus=0, num_gpus=gpus_per_worker, max_retries=0).remote()
+    try:
+        facts = ray.get(ref, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        return
+    if not facts["cuda"]:
+        what = (f"--stage1-workers {workers} --stage1-gpus-per-worker {gpus_per_worker:g}: data-parallel "
+                f"Stage 1 on GPUs needs NCCL on visible GPUs; a worker was given a GPU" if workers > 1
+                else f"--stage1-gpus-per-worker {gpus_per_worker:g}: a Stage-1 task was given a GPU")
+        raise NodeDependencyError(_no_cuda(what, facts, "--stage1-gpus-per-worker 0 (CPU workers)"))
