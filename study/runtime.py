@@ -5,10 +5,14 @@ Shared by the driver (study.driver) and study.submit, so neither imports the oth
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,34 +98,67 @@ class ClusterError(Exception):
 TOKEN_SOURCES = "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, with RAY_AUTH_MODE=token"
 
 
-def join_error(exc: BaseException, address: str) -> ClusterError:
-    """One line for a failed ``ray.init(address=...)``: Ray's first line and what to do."""
+def join_error(exc: BaseException, address: str, logged: str = "") -> ClusterError:
+    """One line for a failed ``ray.init(address=...)``: Ray's first line and what to do.
+    ``logged``: what Ray's core printed meanwhile (a wrong token shows only there, as
+    "InvalidAuthToken"; the exception says "Failed to connect")."""
     from ray.exceptions import AuthenticationError
 
     first = next((ln.strip() for ln in str(getattr(exc, "message", exc)).splitlines() if ln.strip()), "")
     first = first.split(". ")[0].rstrip(".")
     first = first if len(first) <= 200 else first[:197] + "..."
     text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    if isinstance(exc, AuthenticationError) or "auth" in str(exc).lower() or "token" in str(exc).lower():
-        return ClusterError(f"cannot join the Ray cluster at {address}: authentication failed ({text}); give the "
+    refused = "InvalidAuthToken" in logged or "Unauthenticated" in logged
+    if isinstance(exc, AuthenticationError) or refused:
+        why = "the cluster refused this client's token" if refused else text
+        return ClusterError(f"cannot join the Ray cluster at {address}: authentication failed ({why}); give the "
                             f"cluster's token ({TOKEN_SOURCES}); `ray get-auth-token` on the head prints it")
     return ClusterError(f"cannot join the Ray cluster at {address} ({text}); is the cluster up and its GCS port "
                         f"reachable from here?")
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """File descriptor 2 into a temporary file meanwhile, its text in the yielded list after:
+    Ray's core logs each refused attempt to join (about 20 of them) there, from C++, which no
+    Python logging setting silences."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    text: list[str] = []
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield text
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text.append(tmp.read().decode(errors="replace"))
 
 
 def join_cluster(address: str | None) -> float | None:
     """Join the cluster the driver is pointed at (``--address`` or ``RAY_ADDRESS``), before the
     study writes anything to its storage; None when Ray is to start in this process. A refusal
     (no or wrong token, nothing listening) raises ClusterError. Token authentication stays on
-    (``RAY_AUTH_MODE=token`` unless set otherwise), as study.submit keeps it."""
+    (``RAY_AUTH_MODE=token`` unless set otherwise), as study.submit keeps it. What Ray prints
+    while joining is held back and shown only when the join succeeds."""
     target = address or os.environ.get("RAY_ADDRESS")
     if not target:
         return None
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    try:
-        return init_ray(address, None)[1]
-    except Exception as exc:  # Ray raises ConnectionError, AuthenticationError, RuntimeError, ...
-        raise join_error(exc, target) from None
+    failure: BaseException | None = None
+    joined = 0.0
+    with _captured_stderr() as captured:
+        try:
+            joined = init_ray(address, None)[1]
+        except Exception as exc:  # Ray raises ConnectionError, AuthenticationError, RuntimeError, ...
+            failure = exc
+    logged = "".join(captured)
+    if failure is not None:
+        raise join_error(failure, target, logged) from None
+    sys.stderr.write(logged)
+    return joined
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> tuple[bool, float]:
@@ -137,7 +174,8 @@ def init_ray(address: str | None, num_cpus: int | None) -> tuple[bool, float]:
     if ray.is_initialized():
         return False, 0.0
     if target:
-        kwargs: dict[str, Any] = {"address": target}
+        # (Ray's INFO "Connecting to existing Ray cluster" line would precede a refusal's one line)
+        kwargs: dict[str, Any] = {"address": target, "logging_level": logging.WARNING}
         if address and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
             # A driver outside a Ray job ships this code to the cluster's workers (inside a
             # job, the job's runtime_env already did).
