@@ -2,7 +2,8 @@
 
 The edge of the library: it builds the frozen config once (preset, flags, ``--set``),
 picks the device, trains or reuses Stage 1 under ``DIR/stage1``, runs the chosen Stage-2
-method under ``DIR/stage2-<method>``, and writes ``DIR/metrics.json``. Bad input (flags,
+method under ``DIR/stage2-<method>``, and writes ``DIR/metrics-<method>.json`` (one file per
+method, so that runs of several methods on one ``--out`` and its Stage 1 sit side by side). Bad input (flags,
 config values, an unavailable device, an ``--out`` that is a file, a checkpoint that is not
 data) exits with status 2 and one line naming the file, field or value; an ``--out`` folder
 this run made is removed again if the refusal left it empty. A diverged run
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", default="mislas", help=f"one of {', '.join(METHODS)} (default mislas)")
     parser.add_argument("--no-mixup", action="store_true", help="plain Stage 1 (no mixup)")
     parser.add_argument("--data-root", default=None, help="folder with the data set's files")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (checkpoints, metrics.json)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (checkpoints, metrics-<method>.json)")
     parser.add_argument("--preset", default="paper", help="paper = Table 6 budget; smoke = a small CPU budget")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. stage2.eps_1=0.3 (repeatable)")
@@ -96,7 +97,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 def check_out(out: Path) -> None:
     """``--out`` is a folder (made if missing), not an existing file."""
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out: {out} is an existing file; give a folder for checkpoints and metrics.json")
+        raise UsageError(f"--out: {out} is an existing file; give a folder for checkpoints and metrics-<method>.json")
 
 
 def load_data(cfg: RunConfig) -> LTData:
@@ -141,7 +142,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def run(cfg: RunConfig, out: Path, *, stage1_checkpoint: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Both stages for ``cfg``; returns (and writes to ``out/metrics.json``) the metrics.
+    """Both stages for ``cfg``; returns (and writes to ``out/metrics-<method>.json``) the metrics.
 
     ``shift_bn`` in metrics.json (top level, the ``stage2`` section and the config) is the
     effective value (:func:`mislas.config.effective_shift_bn`), never null.
@@ -200,8 +201,14 @@ def run(cfg: RunConfig, out: Path, *, stage1_checkpoint: Path | None = None, pro
         "data_fingerprint": data.fingerprint,
         "config": config,
     }
-    write_json_atomic(metrics, out / "metrics.json")
+    write_json_atomic(metrics, metrics_path(out, cfg.stage2.method))
     return metrics
+
+
+def metrics_path(out: Path, method: str) -> Path:
+    """Where a run of ``method`` on ``out`` writes its metrics: a file per method, so that a
+    second ``--method`` on the same ``--out`` (same Stage 1) does not replace the first's."""
+    return out / f"metrics-{method}.json"
 
 
 def _format_row(name: str, summary: dict[str, float | None]) -> str:
@@ -267,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntest split      {'All':>6} {'Many':>6} {'Med':>6} {'Few':>6} {'ECE':>6} {'NLL':>6}")
     print(_format_row(stage1_name + " (S1)", metrics["stage1"]["test"]))
     print(_format_row(label, metrics["test"]))
-    print(f"\nmetrics: {args.out / 'metrics.json'}")
+    print(f"\nmetrics: {metrics_path(args.out, cfg.stage2.method)}")
     return 0
 
 

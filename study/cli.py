@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="per-epoch lines from every trial")
     p.add_argument("--log", type=trackers, default=(), metavar="T[,T...]",
                    help="also log every trial to tensorboard, mlflow and/or wandb (comma separated; Ray Tune's "
-                        "logger callbacks; pip install \"mislas-study[tracking]\"); MLflow: $MLFLOW_TRACKING_URI "
+                        "logger callbacks; pip install \".[tracking]\" from the repository); MLflow: $MLFLOW_TRACKING_URI "
                         "or <storage>/<name>/mlflow.db; W&B: $WANDB_PROJECT / $WANDB_MODE=offline")
     return p
 

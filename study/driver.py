@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from mislas.errors import UsageError
 from study import journal
+from study.nodecheck import check_nodes, check_stage1_gpus
+from study.runtime import join_cluster
 from study.settings import StudySettings, canonical_overrides
 from study.storage import LockHeld, StorageError, Store, StudyLock
 
@@ -174,6 +176,12 @@ def run_study(s: StudySettings, *, fingerprints: dict[str, str] | None = None) -
         raise UsageError(f"--storage: {exc}") from None
     results = storage.child(s.name)
     saved = check_study_json(s, results)
+    # a cluster that refuses this driver (token, address) or lacks a trial's packages on a node
+    # refuses it before anything is written to the storage (study.runtime.ClusterError,
+    # study.nodecheck.NodeDependencyError: one line, exit 3)
+    joined_s = join_cluster(s.address)
+    if joined_s is not None:
+        check_nodes()
     results.makedirs()
     lock = StudyLock(results)
     try:
@@ -183,7 +191,7 @@ def run_study(s: StudySettings, *, fingerprints: dict[str, str] | None = None) -
     try:
         if (line := lock.describe_takeover()) is not None:
             say(line)
-        return _run_locked(s, storage, results, saved, fingerprints or {})
+        return _run_locked(s, storage, results, saved, fingerprints or {}, joined_s)
     finally:
         lock.release()
 
@@ -204,7 +212,7 @@ def stage1_phase(s: StudySettings, storage: Store, results: Store, fingerprints:
 
 
 def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[str, Any] | None,
-                fingerprints: dict[str, str]) -> int:
+                fingerprints: dict[str, str], joined_s: float | None = None) -> int:
     import ray
     from ray import tune
 
@@ -230,6 +238,7 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
         check_resume(s, results, local_cache)
 
     started_ray, ray_init_s = init_ray(s.address, s.num_cpus)
+    ray_init_s = ray_init_s if joined_s is None else joined_s
     previous_sigterm = sigterm_as_ctrl_c()
     try:
         check_resources(s, ray.cluster_resources())
@@ -237,6 +246,7 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
         gpus = s.gpus_per_trial if s.gpus_per_trial is not None else default_gpus
         device = "cuda" if gpus > 0 else "cpu"
         stage1_gpus = s.stage1_gpus_per_worker if s.stage1_gpus_per_worker is not None else default_gpus
+        check_stage1_gpus(s.stage1_workers, stage1_gpus)  # one line, exit 3: no NCCL error, no "rerun"
         phase = stage1_phase(s, storage, results, fingerprints, stage1_gpus)
         if phase.failures:
             print(f"[study] Stage-1 phase: {len(phase.failures)} of {phase.planned} Stage 1s failed (above); no "

@@ -9,6 +9,7 @@ driver knows (the status a scheduler gave, the error of a dead worker).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
@@ -28,6 +29,8 @@ class MemberOutcome:
     started_at: str
     epochs_planned: int
     hostname: str | None = None
+    node_id: str | None = None  # the Ray node the member ran on (hostnames of nodes can repeat)
+    node_ip: str | None = None
     device_name: str | None = None
     arch: str | None = None
     data_fingerprint: str | None = None
@@ -51,7 +54,8 @@ class MemberOutcome:
     stage2_s: float | None = None
     wall_s: float | None = None
     finished_at: str | None = None
-    error: str | None = None  # set by the trial itself (diverged): recorded as failed, not retried
+    error: str | None = None  # set by the trial itself (diverged): not retried
+    diverged: bool = False  # non-finite, or a loss / NLL above the bound (divergence()): status diverged
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1, default=_jsonable).encode()
@@ -71,8 +75,37 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+def divergence(num_classes: int, *, nll: dict[str, Any], train_losses: list[Any]) -> str | None:
+    """Why a member counts as diverged, or None: a Stage-2 epoch's train loss or a split's NLL
+    (``nll``: split -> value, None for an undefined one) that is non-finite or above
+    ``schema.DIVERGENCE_NATS`` x ln(C) nats (a uniform guess over C classes scores ln C)."""
+    bound = schema.DIVERGENCE_NATS * math.log(max(num_classes, 2))
+    values = [(f"{split} NLL", v) for split, v in nll.items() if v is not None]
+    values += [(f"epoch {e} train loss", v) for e, v in enumerate(train_losses, 1) if v is not None]
+    for what, value in values:
+        v = float(value)
+        if not math.isfinite(v) or v > bound:
+            return f"{what} {v:.4g} is above the bound {bound:.3g} nats ({schema.DIVERGENCE_NATS:g} x ln {num_classes})" \
+                if math.isfinite(v) else f"{what} is {v}"
+    return None
+
+
+def at_bound(temperature: float | None) -> bool | None:
+    """Whether a fitted temperature sits on the fit's search bound (mislas.calibration's
+    TEMPERATURE_BOUNDS): there the NLL was still falling, so T is no optimum (None: no T)."""
+    if temperature is None or temperature != temperature:
+        return None
+    from mislas.calibration import TEMPERATURE_BOUNDS
+
+    low, high = TEMPERATURE_BOUNDS
+    return bool(temperature <= low * (1 + 1e-6) or temperature >= high * (1 - 1e-6))
+
+
 def status_of(outcome: MemberOutcome | None, *, error: str | None) -> str:
-    """complete (all epochs, test metrics), failed (an error or divergence) or stopped_early."""
+    """complete (all epochs, test metrics), diverged (blew up: see divergence()), failed (an
+    error) or stopped_early."""
+    if outcome is not None and outcome.diverged:
+        return schema.DIVERGED
     if error is not None or (outcome is not None and outcome.error):
         return schema.FAILED
     if outcome is not None and outcome.final:
@@ -116,7 +149,7 @@ def trial_row(spec: TrialSpec, k: int, trial_id: str, group_id: str, outcome: Me
         "status": status_of(outcome, error=error),
         **{f"val_{m}": _num(o.val.get(m)) for m in schema.METRICS},
         **{f"test_{m}": _num(o.test.get(m)) for m in schema.METRICS},
-        "temperature": o.temperature,
+        "temperature": o.temperature, "temperature_at_bound": at_bound(o.temperature),
         **{f"val_{m}_ts": _num(o.val_ts.get(m)) for m in schema.TS_METRICS},
         **{f"test_{m}_ts": _num(o.test_ts.get(m)) for m in schema.TS_METRICS},
         "stage1_key": o.stage1_key, "stage1_val_acc": _num(s1.get("val", {}).get("acc")),
@@ -129,6 +162,7 @@ def trial_row(spec: TrialSpec, k: int, trial_id: str, group_id: str, outcome: Me
         "data_fingerprint": o.data_fingerprint, "config_json": o.config_json,
         **{name: o.versions.get(name, fallback_versions.get(name)) for name in VERSION_COLUMNS},
         "git_commit": o.git_commit or fallback_commit, "device_name": o.device_name, "hostname": o.hostname,
+        "node_id": o.node_id, "node_ip": o.node_ip,
     }
     return row
 

@@ -18,10 +18,20 @@ import sys
 from collections.abc import Sequence
 
 from mislas.errors import EXIT_USAGE, UsageError
-from study.cli import build_parser, validate
+from study.nodecheck import EXIT_NODE, NodeDependencyError, check_driver
+from study.runtime import ClusterError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        # before anything imports torch (study.cli does): a Python without it, e.g. a job's on a
+        # node whose Ray was started from another environment, gets one line, not a traceback
+        check_driver()
+    except NodeDependencyError as exc:
+        print(f"python -m study.run: error: {exc}", file=sys.stderr)
+        return EXIT_NODE
+    from study.cli import build_parser, validate
+
     args = build_parser().parse_args(argv)
     try:
         settings = validate(args)
@@ -34,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             fingerprints = check_data(settings)
 
         return run_study(settings, fingerprints=fingerprints)
+    except (ClusterError, NodeDependencyError) as exc:
+        print(f"python -m study.run: error: {exc}", file=sys.stderr)
+        return EXIT_NODE
     except UsageError as exc:
         print(f"python -m study.run: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -30,7 +30,12 @@ TABLES = ("trials", "epochs", "classes", "reliability", "confidence", "predictio
 COMPLETE = "complete"
 STOPPED_EARLY = "stopped_early"
 FAILED = "failed"
-STATUSES = (COMPLETE, STOPPED_EARLY, FAILED)
+# a member whose training blew up: a non-finite loss or metric, or a loss / NLL above
+# DIVERGENCE_NATS x ln(C) (C classes; a uniform guess scores ln C). Not a result: left out of the
+# report's tables and Pareto fronts, counted in its trial table, told to Optuna as FAIL.
+DIVERGED = "diverged"
+STATUSES = (COMPLETE, STOPPED_EARLY, FAILED, DIVERGED)
+DIVERGENCE_NATS = 10.0
 
 # ``variant`` of the --confirm-best rows: the setting best on validation, rerun on every seed
 # (not a component-ablation variant; the comparison's "MiSLAS (best tuned)" row when present).
@@ -62,14 +67,15 @@ TRIALS_SCHEMA = pa.schema(
         ("epochs_planned", _I), ("epochs_run", _I), ("status", _S),
         *[(f"val_{m}", _F) for m in METRICS],
         *[(f"test_{m}", _F) for m in METRICS],
-        ("temperature", _F), *[(f"val_{m}_ts", _F) for m in TS_METRICS], *[(f"test_{m}_ts", _F) for m in TS_METRICS],
+        ("temperature", _F), ("temperature_at_bound", _B), *[(f"val_{m}_ts", _F) for m in TS_METRICS], *[(f"test_{m}_ts", _F) for m in TS_METRICS],
         ("stage1_key", _S), ("stage1_val_acc", _F), ("stage1_test_acc", _F), ("stage1_test_ece", _F),
         ("stage1_trained", _B), ("stage1_s", _F), ("stage1_workers", _I), ("stage2_s", _F),
         ("wall_s", _F), ("started_at", _TS), ("finished_at", _TS), ("error", _S),
         ("budget", _S), ("optuna_study", _S), ("optuna_trial_number", _I), ("data_fingerprint", _S),
         ("config_json", _S),
         ("mislas_version", _S), ("torch_version", _S), ("ray_version", _S), ("optuna_version", _S),
-        ("python_version", _S), ("git_commit", _S), ("device_name", _S), ("hostname", _S),
+        ("python_version", _S), ("git_commit", _S), ("device_name", _S), ("hostname", _S), ("node_id", _S),
+        ("node_ip", _S),
     ]
 )  # fmt: skip
 

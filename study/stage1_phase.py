@@ -141,9 +141,12 @@ def _task_body(job: Stage1Job, location: str, progress: bool, threads: int, gpus
     """A one-worker Stage 1 inside a Ray task."""
     import torch
 
+    from study.nodecheck import require_cuda
+
     torch.set_num_threads(max(1, threads))
-    device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
-    return train_job(job, location, progress, device)
+    if gpus > 0:
+        require_cuda("a Stage-1 task", "--stage1-gpus-per-worker 0")
+    return train_job(job, location, progress, "cuda" if gpus > 0 else "cpu")
 
 
 def _train_loop(config: dict[str, Any]) -> None:

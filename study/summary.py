@@ -37,7 +37,8 @@ def summarize(s: StudySettings, trials: pd.DataFrame, *, results_uri: str, timin
         "optuna_journal": f"{results_uri}/optuna.log",
         "trials": {"total": int(len(df)), "finished": int((status == schema.COMPLETE).sum()),
                    "stopped_early": int((status == schema.STOPPED_EARLY).sum()),
-                   "failed": int((status == schema.FAILED).sum()), "planned": s.planned_trials()},
+                   "failed": int((status == schema.FAILED).sum()),
+                   "diverged": int((status == schema.DIVERGED).sum()), "planned": s.planned_trials()},
         "datasets": {}, "timings": dict(timings), "group_size": s.group_size, "scheduler": s.scheduler,
     }
     # Stage 1s trained by this run's Stage-1 phase, plus any a trial trained itself (an entry
@@ -92,7 +93,7 @@ def _fmt(b: dict[str, Any]) -> str:
 def format_summary(summary: dict[str, Any]) -> str:
     t = summary["trials"]
     lines = [f"\n== study {summary['study']}: {t['total']} trials ({t['finished']} complete, "
-             f"{t['stopped_early']} stopped early by ASHA, {t['failed']} failed) =="]
+             f"{t['stopped_early']} stopped early by ASHA, {t['failed']} failed, {t['diverged']} diverged) =="]
     for d, e in summary["datasets"].items():
         if "best_val_acc" in e:
             b = e["best_val_acc"]

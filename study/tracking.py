@@ -58,7 +58,8 @@ TRACKERS: tuple[str, ...] = ("tensorboard", "mlflow", "wandb")
 # tracker -> the Python package it needs (the ``tracking`` extra installs all three; ``mlflow``
 # comes from the mlflow-skinny distribution there, which has the client and the SQL store)
 REQUIRES: dict[str, str] = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}
-EXTRA_INSTALL = 'pip install "mislas-study[tracking]"'
+# (the package is not on PyPI: from a checkout, or the built wheel: "mislas_study-*.whl[tracking]")
+EXTRA_INSTALL = 'pip install ".[tracking]" (from the repository, or the wheel with [tracking])'
 
 MLFLOW_DB = "mlflow.db"  # the default MLflow store, in the study folder
 MLFLOW_ARTIFACTS = "mlartifacts"  # its experiment's artifact root (nothing is logged there: no artifacts)

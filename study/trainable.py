@@ -53,7 +53,8 @@ from mislas.stages import (
 from mislas.train import load_data
 from study import results, schema
 from study.groups import group_metrics
-from study.outcome import OUTCOME, MemberOutcome
+from study.nodecheck import require_cuda
+from study.outcome import OUTCOME, MemberOutcome, divergence
 from study.records import TrialSpec
 from study.stage1_cache import Stage1Cache, Stage1Entry, stage1_key
 from study.storage import Store
@@ -88,6 +89,24 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
 
 
+def trial_device(wanted: str) -> torch.device:
+    """The device the trial runs on: the one its config names. A trial given a GPU (``device``
+    "cuda", from ``--gpus-per-trial`` > 0) whose torch cannot see CUDA fails with one line
+    instead of training on the CPU under a config that says "cuda"."""
+    if wanted == "cuda":
+        require_cuda("this trial", "--gpus-per-trial 0 (CPU)")
+    return torch.device(wanted)
+
+
+def node_facts() -> dict[str, str | None]:
+    """The Ray node this process runs on (None outside Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return {"node_id": None, "node_ip": None}
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+
+
 def versions() -> dict[str, str]:
     """The versions a row records (the driver's, as a fallback for a trial that left none)."""
     import optuna
@@ -115,7 +134,7 @@ def stored_report(store: Store, ids: Sequence[str]) -> dict[str, Any]:
         epochs.append(row["epochs_run"] or 0)
         members.append({**{f"val_{m}": row.get(f"val_{m}") for m in schema.METRICS},
                         **{f"test_{m}": row.get(f"test_{m}") for m in schema.METRICS},
-                        "diverged": int(row["status"] == schema.FAILED)})
+                        "diverged": int(row["status"] in (schema.FAILED, schema.DIVERGED))})
     final = all(results.read_part(store, mid, "trials").to_pylist()[0]["status"] == schema.COMPLETE for mid in ids)
     return group_metrics(epoch=min(epochs), final=final, members=members) | {"from_part": 1}
 
@@ -206,7 +225,7 @@ class _TrialRun:
             folder.mkdir(parents=True, exist_ok=True)
         ref = self.cfgs[0]
         data = load_data(ref)
-        device = torch.device(ref.device if ref.device != "cuda" or torch.cuda.is_available() else "cpu")
+        device = trial_device(ref.device)
         model, key, entry, stage1_s = self._stage1(ref, data, device)
         outcomes = [self._start_outcome(k, data, device, key, entry, stage1_s) for k in range(len(self.ids))]
         for k, o in enumerate(outcomes):
@@ -262,9 +281,10 @@ class _TrialRun:
         """
         cfg = self.cfgs[k]
         earlier = self._read_outcome(k)
+        node = node_facts()
         outcome = MemberOutcome(
             trial_id=self.ids[k], started_at=datetime.now(timezone.utc).isoformat(), epochs_planned=self.planned,
-            hostname=socket.gethostname(), device_name=device_name(device), arch=cfg.stage1.arch,
+            hostname=socket.gethostname(), node_id=node["node_id"], node_ip=node["node_ip"], device_name=device_name(device), arch=cfg.stage1.arch,
             data_fingerprint=data.fingerprint, config_json=json.dumps(cfg.to_dict(), sort_keys=True),
             stage1_key=key, stage1_metrics=dict(entry.metrics), stage1_trained=entry.trained and k == 0,
             stage1_s=stage1_s if k == 0 else 0.0, stage1_workers=entry.workers, git_commit=self.ctx.git_commit, versions=versions(),
@@ -314,7 +334,7 @@ class _TrialRun:
         for k, recs in enumerate(records):
             error = f"diverged (non-finite values{where}) after {len(recs)} of {self.planned} epochs: {exc}"
             self._write_outcome(k, replace(outcomes[k], epochs_run=len(recs), stage2_s=wall / len(self.ids),
-                                           wall_s=wall, finished_at=finished, error=error[:2000]))
+                                           wall_s=wall, finished_at=finished, error=error[:2000], diverged=True))
             self._write_tables(k, {"epochs": results.table("epochs", results.epochs_rows(self.ids[k], recs))})
             members.append(_val_metrics({}) | {"diverged": 1})
         shutil.rmtree(self.work / ENGINE, ignore_errors=True)
@@ -330,18 +350,23 @@ class _TrialRun:
             member = self.spec.members[k]
             keep = self.spec.optuna_study is None or member.is_paper_setting  # fixed rows and Table 6
             self._write_tables(k, final_tables(self.ids[k], data, cfg, r, keep_predictions=keep))
+            why = divergence(len(data.class_counts), nll={"val": r.val.summary().get("nll"),
+                                                          "test": r.test.summary().get("nll")},
+                             train_losses=[e.train_loss for e in r.epochs])
             # stage2_s is the member's share of the group's Stage 2; wall_s the group's elapsed time
             self._write_outcome(k, replace(
-                outcomes[k], epochs_run=len(r.epochs), final=True, val=r.val.summary(), test=r.test.summary(),
+                outcomes[k], diverged=why is not None, error=None if why is None else f"diverged: {why}",
+                epochs_run=len(r.epochs), final=True, val=r.val.summary(), test=r.test.summary(),
                 tau=r.extras.get("tau"), temperature=r.temperature,
                 val_ts=r.val_ts.summary() if r.val_ts is not None else {},
                 test_ts=r.test_ts.summary() if r.test_ts is not None else {},
                 stage2_s=stage2_s / len(self.ids), wall_s=stage2_s, finished_at=finished))
             (self.folders[k] / "epochs.json").unlink(missing_ok=True)
-            members.append(_val_metrics(r.val.summary()) | _test_metrics(r.test.summary()) | {"diverged": 0})
+            members.append(_val_metrics(r.val.summary()) | _test_metrics(r.test.summary())
+                           | {"diverged": int(why is not None)})
             print(f"[trial {self.ids[k]}] {cfg.data.dataset} {cfg.stage2.method} seed {cfg.seed}"
                   f"{f' (group of {len(self.ids)})' if self.spec.grouped else ''}: val acc {r.val.acc:.2f} "
-                  f"ECE {r.val.ece:.2f}", file=sys.stderr, flush=True)
+                  f"ECE {r.val.ece:.2f}" + ("" if why is None else f" (diverged: {why})"), file=sys.stderr, flush=True)
         shutil.rmtree(self.work / ENGINE, ignore_errors=True)  # the finished trial needs only its rows
         report = group_metrics(epoch=self.planned, final=True, members=members)
         write_atomic(self.work / REPORT, json.dumps(report).encode())

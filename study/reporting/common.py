@@ -18,6 +18,7 @@ from study import schema
 COMPLETE = schema.COMPLETE
 STOPPED = schema.STOPPED_EARLY
 FAILED = schema.FAILED
+DIVERGED = schema.DIVERGED
 KNOWN_STATUSES = schema.STATUSES
 
 GROUP_COLS = ("dataset", "imb_factor", "arch")

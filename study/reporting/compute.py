@@ -28,7 +28,7 @@ from study.reporting.paired import PairedTable, paired_table
 from study.reporting.status import StatusSummary, status_summary
 
 PROVENANCE_COLUMNS = ("mislas_version", "torch_version", "ray_version", "optuna_version", "python_version",
-                      "git_commit", "device_name", "hostname")
+                      "git_commit", "device_name", "hostname", "node_id", "node_ip")
 
 
 @dataclass(frozen=True)

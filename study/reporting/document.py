@@ -373,14 +373,21 @@ def status_section(t: ReportTables) -> list[Block]:
     blocks: list[Block] = [Heading(2, "0. Trials", "trials")]
     blocks.append(TableBlock(table_from_frame(
         "status-counts", "Trials in trials.parquet by group and status. Only complete trials enter the tables "
-        "and ablations; stopped-early (partial budget) and failed trials are listed below.", s.counts, to_tex=True)))
+        "and ablations; stopped-early (partial budget), failed and diverged (a loss or NLL non-finite or above "
+        "10 x ln C nats) trials are listed below.", s.counts, to_tex=True)))
+    if s.temperature_at_bound:
+        blocks.append(Para(f"{s.temperature_at_bound} of {s.with_temperature} complete rows have their fitted "
+                           "temperature on the fit's bound (column temperature_at_bound; T = 0.01 or 100): the "
+                           "validation NLL was still falling there, so their T is no optimum and their *_ts "
+                           "metrics are those of the bound."))
     if s.optuna_states:
         states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(s.optuna_states.items()))
         blocks.append(Para(f"Optuna journal trial states: {states}. Running trials are not in trials.parquet yet."))
     blocks += _listing("running", f"Running trials ({s.n_running}, from optuna.log).", s.running)
     blocks += _listing("stopped", f"Stopped-early trials ({len(s.stopped)}): left out of tables, Pareto fronts "
                        "and importances.", s.stopped)
-    blocks += _listing("failed", f"Failed trials ({len(s.failed)}).", s.failed)
+    blocks += _listing("failed", f"Failed or diverged trials ({len(s.failed)}): left out of tables, Pareto "
+                       "fronts and importances.", s.failed)
     blocks += _listing("other", f"Trials with another status ({len(s.other)}).", s.other)
     return blocks
 

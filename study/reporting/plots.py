@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 
 from study.reporting.ablations import Effect, FormStudy, Heatmap, Pareto
 from study.reporting.calibration import CLASS_SPLITS, ConfidenceBoxes, NormPanels, Reliability
-from study.reporting.common import COMPLETE, FAILED, STOPPED
+from study.reporting.common import COMPLETE, DIVERGED, FAILED, STOPPED
 from study.reporting.importance import Importances
 
 DPI = 110
@@ -28,7 +28,7 @@ PALETTE = {
     "cRT (BN eval)": "#aec7e8", "cRT+mixup (BN eval)": "#ffbb78", "LWS (BN eval)": "#98df8a",
     "LWS+mixup (BN eval)": "#ff9896",
 }
-STATUS_COLORS = {COMPLETE: "#1f77b4", STOPPED: "#ff7f0e", FAILED: "#d62728"}
+STATUS_COLORS = {COMPLETE: "#1f77b4", STOPPED: "#ff7f0e", FAILED: "#d62728", DIVERGED: "#9467bd"}
 METRIC_NAMES = {"val_acc": "val accuracy (%)", "val_ece": "val ECE (%)"}
 
 

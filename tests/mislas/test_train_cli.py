@@ -33,7 +33,7 @@ def test_two_stage_run_writes_metrics(tmp_path: Path, make_fashion_mnist) -> Non
                   "--set", "stage2.epochs=2", "--set", "stage2.batch_size=32", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert "[stage2 mislas] epoch 2/2" in proc.stderr  # progress is shown
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics-mislas.json").read_text())
     for split in ("val", "test"):
         summary = metrics[split]
         assert set(summary) >= {"acc", "acc_many", "acc_medium", "acc_few", "ece", "mce", "nll"}
@@ -60,8 +60,11 @@ def test_two_stage_run_writes_metrics(tmp_path: Path, make_fashion_mnist) -> Non
                   "--imb-factor", "10", "--set", "data.n_max=40", "--set", "data.val_per_class=4", "--set", "stage1.epochs=1",
                   "--method", "lws", "--set", "stage2.epochs=1", "--quiet")
     assert proc.returncode == 0, proc.stderr
-    lws = json.loads((out / "metrics.json").read_text())
+    lws = json.loads((out / "metrics-lws.json").read_text())
     assert lws["method"] == "lws" and lws["stage1"] == metrics["stage1"]
+    # ... and leaves the first method's metrics as they were: one file per method on one --out
+    assert json.loads((out / "metrics-mislas.json").read_text()) == metrics
+    assert sorted(p.name for p in out.glob("metrics*.json")) == ["metrics-lws.json", "metrics-mislas.json"]
     assert lws["shift_bn"] is True  # LWS's own default (Kang et al.)
 
     # MiSLAS on a plain Stage 1 (no mixup), with mixup in Stage 2: the ablation cells run
@@ -70,13 +73,13 @@ def test_two_stage_run_writes_metrics(tmp_path: Path, make_fashion_mnist) -> Non
                   "--set", "stage1.epochs=1", "--no-mixup", "--set", "stage2.mixup=true", "--set", "stage2.epochs=1",
                   "--set", "stage2.epoch_length=2", "--quiet")
     assert proc.returncode == 0, proc.stderr
-    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "metrics-mislas.json").read_text())
     assert plain["mixup"] is False and plain["stage2"]["mixup"] is True and plain["epochs"][0]["steps"] == 2
     proc = _train("--dataset", "fashion_mnist_lt", "--data-root", root, "--out", tmp_path / "plain", "--preset",
                   "smoke", "--imb-factor", "10", "--set", "data.n_max=40", "--set", "data.val_per_class=4",
                   "--set", "stage1.epochs=1", "--no-mixup", "--method", "tau_norm", "--quiet")
     assert proc.returncode == 0, proc.stderr
-    tau = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    tau = json.loads((tmp_path / "plain" / "metrics-tau_norm.json").read_text())
     assert tau["shift_bn"] is False and tau["epochs"] == []
 
 

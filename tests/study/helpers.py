@@ -107,10 +107,10 @@ def check_tables(results: Path, n: int) -> pd.DataFrame:
     trials = pd.read_parquet(results / "trials.parquet")
     assert len(trials) == n and trials["trial_id"].is_unique
     assert set(REQUIRED) <= set(trials.columns) and list(trials.columns) == TRIALS_SCHEMA.names
-    assert set(trials["status"]) <= {"complete", "stopped_early", "failed"}
-    # the only failures a smoke study may have are settings whose training diverged; they end
-    # themselves (no retry) and keep their epochs
-    failed = trials[trials["status"] == "failed"]
+    assert set(trials["status"]) <= {"complete", "stopped_early", "diverged"}
+    # the only failures a smoke study may have are settings whose training diverged (status
+    # diverged); they end themselves (no retry) and keep their epochs
+    failed = trials[trials["status"] == "diverged"]
     assert failed["error"].str.startswith("diverged").all(), failed["error"].tolist()
     for tid in failed["trial_id"]:
         # (an error.txt may exist where the test killed the trial's worker: only a raised
@@ -155,7 +155,8 @@ def check_optuna(results: Path, name: str, trials: pd.DataFrame) -> None:
     # every Optuna trial of a Tune trial, and orphans (asked by a killed driver, never run) as FAIL
     by_ray = {t.user_attrs.get("ray_trial_id"): t for t in study.trials if t.user_attrs.get("status") != "orphaned"}
     assert set(by_ray) == set(trials.loc[trials["method"] == "mislas", "trial_id"])
-    expected_state = {"complete": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED, "failed": TrialState.FAIL}
+    expected_state = {"complete": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED, "failed": TrialState.FAIL,
+                      "diverged": TrialState.FAIL}
     for tid, t in by_ray.items():
         assert t.state == expected_state[status[tid]] and t.user_attrs["status"] == status[tid]
     pareto = {t.user_attrs["ray_trial_id"] for t in study.best_trials}

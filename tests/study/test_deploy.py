@@ -256,6 +256,7 @@ class Head:
     address: str
     token_file: Path
     root: Path
+    gcs: str = ""  # HOST:PORT, what `study.run --address` joins
 
     def client_env(self, **extra: str) -> dict[str, str]:
         """A client on another machine: its own empty HOME (no ~/.ray/auth_token), no token in the env."""
@@ -282,16 +283,16 @@ def head() -> Iterator[Head]:
     token_file = home / ".ray" / "auth_token"
     assert gen.returncode == 0 and token_file.read_text().strip() == gen.stdout.strip(), gen.stderr
     token_file.chmod(0o600)
-    dash = free_port()
+    dash, gcs = free_port(), free_port()
     proc = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+        [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=1",
          f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
          f"--temp-dir={temp_dir}", "--disable-usage-stats", "--block"],
         cwd=root, env={**env, "RAY_AUTH_MODE": "token"}, stdout=(root / "head.log").open("wb"),
         stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        yield Head(address=f"http://127.0.0.1:{dash}", token_file=token_file, root=root)
+        yield Head(address=f"http://127.0.0.1:{dash}", token_file=token_file, root=root, gcs=f"127.0.0.1:{gcs}")
     finally:
         proc.send_signal(signal.SIGTERM)  # `ray start --block` stops its own processes on SIGTERM
         try:
@@ -397,3 +398,27 @@ def test_token_auth_head_refuses_clients_without_the_token(head: Head, clients: 
     # the job ran on the cluster with the shipped code and failed as study.run does on a missing
     # --data-root (fast, and proof that auth, runtime env and entrypoint all got through)
     assert "submitted successfully" in text and "--data-root: not a folder" in text, text[-3000:]
+
+
+def test_study_run_address_refused_for_its_token_leaves_nothing(head: Head, fmnist_root: Path) -> None:
+    """``study.run --address`` with no token or a wrong one: one line, exit 3, and the storage
+    untouched (no study.json): the driver joins the cluster before it writes anything."""
+    wait_up(head)
+    wrong = head.root / "wrong_token"
+    wrong.write_text("0" * 64)
+    cases = {"no token": head.client_env(), "wrong token": head.client_env(RAY_AUTH_TOKEN_PATH=str(wrong))}
+    procs = {}
+    for name, env in cases.items():
+        storage = head.root / f"st-{name.replace(' ', '-')}"
+        argv = [sys.executable, "-m", "study.run", "--address", head.gcs, "--dataset", "fashion_mnist_lt",
+                "--budget", "smoke", "--trials", "1", "--storage", str(storage), "--data-root", str(fmnist_root)]
+        procs[name] = (storage, subprocess.Popen(argv, cwd=head.root, env=env, stdout=subprocess.PIPE,
+                                                 stderr=subprocess.PIPE, text=True))
+    for name, (storage, proc) in procs.items():
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 3, (name, proc.returncode, out, err[-3000:])
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in out + err, (name, err[-3000:])
+        assert lines[0].startswith(f"python -m study.run: error: cannot join the Ray cluster at {head.gcs}: "
+                                   "authentication failed"), (name, lines)
+        assert not storage.exists(), (name, sorted(storage.rglob("*")))

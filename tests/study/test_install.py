@@ -9,6 +9,7 @@ from outside the repository with ``PYTHONPATH`` at that folder (dependencies: th
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import shutil
 import subprocess
@@ -146,3 +147,37 @@ def test_the_study_runs_without_the_report_extra() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_runtime_env_ships_exactly_the_wheels_files(installed: tuple[Path, Path], tmp_path: Path) -> None:
+    """What ``study.submit`` / ``study.run --address`` ship from an install, packed by Ray's own
+    packer with the runtime env's excludes, is the wheel's file list for the three packages:
+    mislas/data/ included (a repository-anchored "/data/" dropped it), the bytecode pip compiled
+    and a file left in site-packages beside the packages not."""
+    wheel, target = installed
+    stray = target / "mislas" / "notes.txt"
+    stray.write_text("not part of the wheel\n")
+    pack = (
+        "import json, sys, zipfile\n"
+        "from pathlib import Path\n"
+        "from ray._private.runtime_env.packaging import _zip_files\n"
+        "from study.runtime import code_runtime_env\n"
+        "env = code_runtime_env()\n"
+        "names = []\n"
+        "for i, module in enumerate(env['py_modules']):\n"
+        "    out = Path(sys.argv[1]) / f'{i}.zip'\n"
+        "    _zip_files(module, env['excludes'], str(out), include_gitignore=True, include_parent_dir=True)\n"
+        "    names += zipfile.ZipFile(out).namelist()\n"
+        "print(json.dumps(names))\n"
+    )
+    try:
+        proc = run_outside(target, tmp_path, sys.executable, "-c", pack, str(tmp_path))
+    finally:
+        stray.unlink()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shipped = json.loads(proc.stdout.splitlines()[-1])
+    with zipfile.ZipFile(wheel) as zf:
+        in_wheel = {n for n in zf.namelist() if n.split("/")[0] in ("mislas", "study", "search_spaces")}
+    assert list((target / "mislas" / "__pycache__").glob("*.pyc"))  # there was bytecode to leave out
+    assert "mislas/data/__init__.py" in shipped and "mislas/data/lt.py" in shipped
+    assert len(shipped) == len(set(shipped)) and set(shipped) == in_wheel

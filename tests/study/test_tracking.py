@@ -30,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy i
 REPO = Path(__file__).resolve().parents[2]
 STUDY = "trk"
 HAS_WANDB = tracking.importlib.util.find_spec("wandb") is not None
-NO_WANDB = 'wandb is not installed: pip install "mislas-study[tracking]"'
+NO_WANDB = 'wandb is not installed: pip install ".[tracking]" (from the repository, or the wheel with [tracking])'
 
 SINGLE = TrialSpec(
     dataset="cifar10_lt", method="mislas", mixup=True, seed=1, optuna_study="trk:cifar10_lt",
@@ -119,9 +119,9 @@ tracking.check_installed([])
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "('mlflow', 'wandb')",
-        '--log tensorboard needs the tensorboardX package: pip install "mislas-study[tracking]"',
-        '--log mlflow needs the mlflow package: pip install "mislas-study[tracking]"',
-        '--log wandb needs the wandb package: pip install "mislas-study[tracking]"',
+        '--log tensorboard needs the tensorboardX package: pip install ".[tracking]" (from the repository, or the wheel with [tracking])',
+        '--log mlflow needs the mlflow package: pip install ".[tracking]" (from the repository, or the wheel with [tracking])',
+        '--log wandb needs the wandb package: pip install ".[tracking]" (from the repository, or the wheel with [tracking])',
     ]
     tracking.check_installed(["tensorboard", "mlflow"])  # here, both are installed (test extra)
 
