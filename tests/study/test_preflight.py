@@ -47,8 +47,12 @@ def test_places_study_without_weights_stops_before_ray(hub: Path, image_tree: Pa
     assert set(fingerprints) == {"places_lt"} and len(fingerprints["places_lt"]) >= 8
     given = tmp_path / "stage1.pt"
     given.write_bytes(b"x")
-    assert set(check_data(cli.parse([*base, "--stage1-checkpoint", str(given), "--baseline-mixup", "on"]))) == {
-        "places_lt"}  # a given Stage 1: no pretrained weights needed
+    # a given Stage 1 needs no pretrained weights, and is itself read before Ray starts (weights-only)
+    with pytest.raises(UsageError) as exc:
+        check_data(cli.parse([*base, "--stage1-checkpoint", str(given), "--baseline-mixup", "on"]))
+    assert str(exc.value).startswith(f"--stage1-checkpoint: checkpoint {given} cannot be read as a weights-only "
+                                     "torch file"), exc.value
+    assert "ImageNet" not in str(exc.value)
 
 
 def test_a_broken_listed_image_stops_the_study_before_ray(image_tree: Path, tmp_path: Path) -> None:
