@@ -1,6 +1,6 @@
 """``python -m benchmarks.run [--device cpu|cuda] [--quick]``: speed of the library's paths, measured.
 
-Four measurements, all in this one process on one device, so their ratios are fair even on a
+Five measurements, all in this one process on one device, so their ratios are fair even on a
 shared machine (absolute numbers drift by ±20 % there; ratios much less):
 
 1. Stage 1 training images/s, ResNet-32, batch 128, mixup, CIFAR-shaped data (12,406 32x32x3
@@ -26,6 +26,12 @@ shared machine (absolute numbers drift by ±20 % there; ratios much less):
    ``--device cuda`` (or without ``--quick``) also ResNet-50 training images/s, to show
    whether the loader or the model is the limit.
 
+5. ``--parts paper_scale`` (not in the default parts; CPU): issue 16's figures at the sizes the
+   product exists for (:mod:`benchmarks.paper_scale`): stacked heads against one by one at
+   D = 2048, K = 1000, G = 16 (time and peak copies of G×K×D), the temperature fit on
+   iNaturalist-shaped logits (passes, time ÷ one log-softmax). ``--before`` adds the replaced
+   implementations, side by side in the same process.
+
 The last line printed is one JSON object with every figure.
 """
 
@@ -48,7 +54,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from benchmarks import synthetic
+from benchmarks import paper_scale, synthetic
 from benchmarks.reference import PILArrayDataset, reference_loader, reference_steps
 from mislas import fastpath, stages
 from mislas.config import RunConfig, Stage1Config, Stage2Config
@@ -345,7 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small budget (~2-3 min on a 2-core CPU)")
     parser.add_argument("--group", type=int, default=32, help="Stage-2 trials per group (default 32)")
     parser.add_argument("--parts", default="stage1,stage2,decode",
-                        help="comma-separated subset of stage1,stage2,decode (study needs stage1 and stage2)")
+                        help="comma-separated subset of stage1,stage2,decode,paper_scale (study needs stage1 and "
+                             "stage2; paper_scale, not in the default, runs on the CPU: issue 16's figures)")
+    parser.add_argument("--before", action="store_true",
+                        help="paper_scale: also time the implementations issue 16 replaced, side by side")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice, one per core)")
     args = parser.parse_args(argv)
@@ -355,9 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
     parts = {x.strip() for x in args.parts.split(",") if x.strip()}
-    unknown = parts - {"stage1", "stage2", "decode"}
+    unknown = parts - {"stage1", "stage2", "decode", "paper_scale"}
     if unknown:
-        parser.error(f"--parts: unknown {', '.join(sorted(unknown))}; allowed: stage1, stage2, decode")
+        parser.error(f"--parts: unknown {', '.join(sorted(unknown))}; allowed: stage1, stage2, decode, paper_scale")
     t_start = time.perf_counter()
     info = machine(device)
     print(f"[bench] device {device} ({info.get('gpu', info['cpu'])}), {info['threads']} threads, "
@@ -410,6 +419,26 @@ def main(argv: list[str] | None = None) -> int:
         if "resnet50_train_ips" in dec:
             rows.append(("resnet50 train img/s (the model's appetite)", f"{dec['resnet50_train_ips']:.1f}"))
         result.update(list_decode_ips=round(dec["list_decode_ips"], 1), decode=dec)
+    if "paper_scale" in parts:
+        ps = paper_scale.paper_scale(before=args.before)
+        st, tf = ps["stacked"], ps["temperature"]
+        rows += [
+            ("stacked heads, D=2048 K=1000 G=16, s/step one by one / stacked",
+             f"{min(st['step_s']['loop']):.3f} / {min(st['step_s']['stacked']):.3f}"),
+            ("stacked_vs_loop_2048x1000_g16", f"{ps['stacked_vs_loop_2048x1000_g16']:.2f}x"),
+            ("stacked_peak_copies_2048x1000_g16 (one by one)", f"{ps['stacked_peak_copies_2048x1000_g16']:.2f} "
+             f"({ps['loop_peak_copies_2048x1000_g16']:.2f})"),
+            (f"temperature fit {tf['shape'][0]}x{tf['shape'][1]}: tf_passes_inat, tf_s_per_softmax_inat",
+             f"{tf['passes']}, {tf['s_per_softmax']:.1f} ({tf['fit_cpu_s']:.1f} CPU s)"),
+        ]
+        if args.before:
+            rows += [
+                ("  before: stacked_vs_loop, peak copies",
+                 f"{ps['stacked_vs_loop_2048x1000_g16_before']:.2f}x, {ps['stacked_peak_copies_2048x1000_g16_before']:.2f}"),
+                ("  before: tf passes, s per softmax", f"{tf['before']['passes']}, {tf['before']['s_per_softmax']:.1f} "
+                 f"({tf['before']['fit_cpu_s']:.1f} CPU s)"),
+            ]
+        result.update(ps)
     info["load_avg_end"] = list(os.getloadavg())
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     print(table(rows))
