@@ -388,7 +388,7 @@ def _heads(g: int, dim: int, k: int, device: torch.device) -> tuple[list[nn.Modu
     counts = lt_class_counts(k, 1000, 200.0)
     heads, opts, losses = [], [], []
     for i in range(g):
-        linear = nn.Linear(dim, k).to(device)
+        linear = nn.Linear(dim, k, device=device)  # initialised where it lives: 67 MB a head at 2048 x 8142
         head = ScaledClassifier(linear, train_weight=True, train_scale=True)
         losses.append(LabelAwareSmoothing(counts, 0.1 + 0.3 * (i % 4) / 3, 0.05 * (i % 3), form="concave",
                                           target="reference").to(device))
@@ -473,7 +473,7 @@ def paper_scale(device: torch.device, bs: BenchSizes) -> list[dict[str, Any]]:
                         "eval_peak_gib": peak_e}
                 del logits, labels
             rows.append(row)
-            del stacked, heads, opts, losses
+            del stacked, heads, opts, losses, step
     singles = {r["classes"]: r for r in rows if r["group"] == min(bs.ps_groups)}
     for r in rows:
         one = singles[r["classes"]]
@@ -717,7 +717,7 @@ def _fmt(v: Any, digits: int = 2) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{v:.{digits}f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2e}"
+        return f"{v:.{digits}f}" if 0.01 <= abs(v) < 1e6 or v == 0 else f"{v:.2e}"
     return str(v)
 
 
@@ -772,7 +772,7 @@ def summary_md(ctx: Ctx, s: dict[str, Any]) -> str:
         for t in rep.get("table", replication_table(rep["rows"])):
             def pm(key: str, t: dict[str, Any] = t) -> str:
                 sd = t.get(key + "_sd")
-                return _fmt(t[key]) + (f" ± {sd:.2f}" if sd is not None else "")
+                return _fmt(t[key]) + (f" ± {_fmt(sd)}" if sd is not None else "")
             lines.append(f"| {t['method']} | {t['seeds']} ({t['failed']}) | {pm('acc')} | {pm('acc_many')} | {pm('acc_medium')} | "
                          f"{pm('acc_few')} | {pm('ece')} | {pm('ece_after_ts')} | {pm('nll')} |")
         lines += [f"- {r['method']}, seed {r['seed']}: {r['error']}" for r in rep["rows"] if "error" in r]
