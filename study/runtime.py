@@ -146,7 +146,8 @@ def join_cluster(address: str | None) -> float | None:
     target = address or os.environ.get("RAY_ADDRESS")
     if not target:
         return None
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:  # (a job's driver has its cluster's settings)
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     failure: BaseException | None = None
     joined = 0.0
     with _captured_stderr() as captured:

@@ -426,9 +426,9 @@ def test_real_study_killed_damaged_resumed(tmp_path: Path) -> None:
     assert list(s1.parent.glob("stage1.pt.damaged-*"))
     # the row whose part was damaged is written again with the same numbers (its trial resumed
     # from its last Stage-2 checkpoint, on the Stage 1 trained again: both deterministic); only
-    # its timings differ
+    # its timings differ, and the Ray node id (each Ray start is a new node)
     union = pd.read_parquet(res / "trials.parquet")
-    timings = ["stage1_s", "stage2_s", "wall_s", "started_at", "finished_at"]
+    timings = ["stage1_s", "stage2_s", "wall_s", "started_at", "finished_at", "node_id"]
     pd.testing.assert_frame_equal(union.set_index("trial_id").loc[[first_row]].drop(columns=timings),
                                   first_before.drop(columns=timings), check_dtype=False, rtol=1e-5)
     assert union["trial_id"].is_unique and len(union) == 2 and set(union["status"]) <= {"complete", "stopped_early", "failed"}
