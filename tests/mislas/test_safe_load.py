@@ -141,7 +141,7 @@ def test_train_rerun_refuses_a_hostile_file_it_finds(tmp_path: Path, trained: tu
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     root, run = trained
     copy = shutil.copytree(run, tmp_path / "run")
-    (copy / "metrics.json").unlink()
+    (copy / "metrics-mislas.json").unlink()
     marker = tmp_path / "marker"
     extra: list[str] = []
     if planted == "--stage1-checkpoint":
@@ -153,7 +153,7 @@ def test_train_rerun_refuses_a_hostile_file_it_finds(tmp_path: Path, trained: tu
         hostile = plant(copy / planted, marker, kind="stage2" if "stage2" in planted else "stage1")
     rc = train_main([*FM_ARGS, "--data-root", str(root), "--out", str(copy), *TRAIN_ARGS, *extra])
     _refused(capsys, rc, hostile, marker)
-    assert not (copy / "metrics.json").exists()
+    assert not (copy / "metrics-mislas.json").exists()
 
 
 def test_pretrained_weights_are_read_weights_only(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ def test_a_diverged_run_ends_in_one_line_naming_where_and_what_to_try(tmp_path: 
     assert re.fullmatch(r"error: stage 1, epoch 1, member 0: training diverged \((mean training loss \S+|non-finite "
                         r"parameters)\); try a lower learning rate, e.g. --set stage1.lr=1e\+29 \(now 1e\+30\)",
                         err[0]), err[0]
-    assert "Traceback" not in err[0] and not (tmp_path / "run" / "metrics.json").exists()
+    assert "Traceback" not in err[0] and not (tmp_path / "run" / "metrics-mislas.json").exists()
 
 
 def test_a_refused_run_leaves_no_empty_out_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
