@@ -14,7 +14,7 @@ lr per param group, so the stacked update is written out (:func:`sgd_step_`, che
 ``torch.optim.SGD`` in ``tests/mislas/test_stacked.py``), in place. The weight's gradient is
 never formed: the backward hands over its factors (∂loss/∂z, x) and
 :func:`sgd_matmul_step_` multiplies them straight into the momentum buffer, so stepping holds
-W, its momentum and small scratch, about 2.5 copies of G×K×D at peak (measured,
+W, its momentum and small scratch, about 2.6 copies of G×K×D at peak (measured,
 docs/performance.md; 5.5 before, with the transposed-gradient copy and three temporaries). State goes back and forth with the
 members' own modules and optimizers (:meth:`StackedHeads.store` / :meth:`StackedHeads.load`),
 so a checkpoint does not depend on whether the heads were stacked.
