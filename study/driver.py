@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -115,22 +116,35 @@ def sigterm_as_ctrl_c() -> Any:
         else:
             raise KeyboardInterrupt
 
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        return None
     return signal.signal(signal.SIGTERM, handler)
 
 
-def check_resources(s: StudySettings, cluster: dict[str, float]) -> None:
-    """Refuse, up front, a trial or Stage-1 worker the cluster can never place (Tune would wait
-    forever, warning every 60 s): more CPUs than the cluster has, or GPUs it does not have."""
+def resource_problem(s: StudySettings, cluster: dict[str, float]) -> str | None:
+    """Why no trial or Stage-1 worker could be placed on ``cluster`` as it is (None: they can):
+    more CPUs than it has, or GPUs it does not have."""
     cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
     if s.cpus_per_trial > cpus:
-        raise UsageError(f"--cpus-per-trial {s.cpus_per_trial:g}: the Ray cluster has {cpus:g} CPUs, so no trial "
-                         f"could start; give at most {cpus:g}")
+        return f"--cpus-per-trial {s.cpus_per_trial:g}: the Ray cluster has {cpus:g} CPUs, so no trial could start"
     for option, wanted in (("--gpus-per-trial", s.gpus_per_trial), ("--stage1-gpus-per-worker",
                                                                     s.stage1_gpus_per_worker)):
         if wanted is not None and wanted > gpus:
             has = f"{gpus:g} GPUs" if gpus else "no GPU"
-            raise UsageError(f"{option} {wanted:g}: the Ray cluster has {has}, so nothing could start; "
-                             f"give at most {gpus:g}" + ("" if gpus else " (0 = CPU)"))
+            return f"{option} {wanted:g}: the Ray cluster has {has}, so nothing could start"
+    return None
+
+
+def check_resources(s: StudySettings, cluster: dict[str, float], *, joined: bool = False) -> None:
+    """Refuse, up front, what the in-process Ray can never place (Tune would wait forever,
+    warning every 60 s). A joined cluster may autoscale: there it is said once, and Tune waits."""
+    problem = resource_problem(s, cluster)
+    if problem is None:
+        return
+    if joined:
+        say(f"{problem} now; waiting for the cluster to add the nodes (its autoscaler), Ctrl-C to stop")
+        return
+    raise UsageError(f"{problem}; give at most what it has (--num-cpus / the machine's CPUs and GPUs)")
 
 
 def say(line: str) -> None:
@@ -241,7 +255,7 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
     ray_init_s = ray_init_s if joined_s is None else joined_s
     previous_sigterm = sigterm_as_ctrl_c()
     try:
-        check_resources(s, ray.cluster_resources())
+        check_resources(s, ray.cluster_resources(), joined=not started_ray)
         default_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         gpus = s.gpus_per_trial if s.gpus_per_trial is not None else default_gpus
         device = "cuda" if gpus > 0 else "cpu"
@@ -321,7 +335,8 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
             return 1
         return 0 if summary["trials"]["finished"] else 1
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         if started_ray:
             ray.shutdown()
 

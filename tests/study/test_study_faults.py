@@ -146,13 +146,17 @@ def test_cpus_above_num_cpus_are_refused_before_ray(tmp_path: Path, capsys: pyte
                                  "could start"]
 
 
-def test_check_resources_against_the_cluster(tmp_path: Path) -> None:
+def test_check_resources_against_the_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from study.driver import check_resources
 
     s = cli.parse([*BASE, "--cpus-per-trial", "3", "--storage", str(tmp_path)])
     with pytest.raises(UsageError, match=r"^--cpus-per-trial 3: the Ray cluster has 2 CPUs, so no trial could "
-                                         r"start; give at most 2$"):
+                                         r"start; give at most what it has"):
         check_resources(s, {"CPU": 2.0})
+    check_resources(s, {"CPU": 2.0}, joined=True)  # a joined cluster may autoscale: said, not refused
+    assert capsys.readouterr().err == ("[study] --cpus-per-trial 3: the Ray cluster has 2 CPUs, so no trial could "
+                                       "start now; waiting for the cluster to add the nodes (its autoscaler), Ctrl-C "
+                                       "to stop\n")
     check_resources(s, {"CPU": 3.0})
     g = cli.parse([*BASE, "--stage1-gpus-per-worker", "0.5", "--storage", str(tmp_path)])
     with pytest.raises(UsageError, match=r"^--stage1-gpus-per-worker 0.5: the Ray cluster has no GPU"):
@@ -174,5 +178,5 @@ def test_gpus_on_a_cluster_without_gpus_are_refused_not_waited_for(tmp_path: Pat
     assert code == 2, out[-3000:]
     ours = [line for line in out.splitlines() if line.startswith("python -m study.run: error:")]
     assert ours == ["python -m study.run: error: --gpus-per-trial 1: the Ray cluster has no GPU, so nothing could "
-                    "start; give at most 0 (0 = CPU)"], out[-3000:]
+                    "start; give at most what it has (--num-cpus / the machine's CPUs and GPUs)"], out[-3000:]
     assert "Traceback" not in out
