@@ -431,16 +431,17 @@ def test_real_study_killed_damaged_resumed(tmp_path: Path) -> None:
     timings = ["stage1_s", "stage2_s", "wall_s", "started_at", "finished_at", "node_id"]
     pd.testing.assert_frame_equal(union.set_index("trial_id").loc[[first_row]].drop(columns=timings),
                                   first_before.drop(columns=timings), check_dtype=False, rtol=1e-5)
-    assert union["trial_id"].is_unique and len(union) == 2 and set(union["status"]) <= {"complete", "stopped_early", "failed"}
+    assert union["trial_id"].is_unique and len(union) == 2 and set(union["status"]) <= {"complete", "stopped_early", "failed", "diverged"}
     check_optuna(res, name, union)  # the journal rebuilt from the parts agrees with the Parquet
 
     trials = pd.read_parquet(res / "trials.parquet")
     assert sorted(trials["trial_id"]) == complete_parts(res) and len(trials) == 2
-    assert set(trials["status"]) <= {"complete", "stopped_early"}
+    # (at these 2 + 2 epochs the Table 6 setting can blow up, train loss ~80 nats: diverged, a FAIL)
+    assert set(trials["status"]) <= {"complete", "stopped_early", "diverged"}
     study = optuna.load_study(study_name=f"{name}:fashion_mnist_lt",
                               storage=JournalStorage(JournalFileBackend(str(res / "optuna.log"))))
     by_row = {t.user_attrs.get("ray_trial_id"): t for t in study.trials}
-    want = {"complete": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED}
+    want = {"complete": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED, "diverged": TrialState.FAIL}
     for tid, status, number in zip(trials["trial_id"], trials["status"], trials["optuna_trial_number"]):
         assert by_row[tid].state == want[status] and by_row[tid].number == number, tid
     assert not study.get_trials(states=(TrialState.RUNNING,))
