@@ -54,7 +54,7 @@ def session_pids(sid: int) -> list[int]:
 
 def kill_session(sid: int) -> None:
     """SIGKILL what remains of a session this test started (e.g. Ray agents after a SIGKILL)."""
-    for _ in range(20):
+    for _ in range(40):
         pids = session_pids(sid)
         if not pids:
             return

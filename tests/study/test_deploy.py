@@ -29,6 +29,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.study.helpers import kill_session
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 VENV_BIN = Path(sys.executable).parent
@@ -211,35 +213,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def session_pids(sid: int) -> list[int]:
-    """Processes whose session id is ``sid`` (field 6 of /proc/PID/stat)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rfind(")") + 2:].split()[3]) == sid and int(entry.name) != os.getpid():
-            pids.append(int(entry.name))
-    return pids
-
-
-def kill_session(sid: int) -> None:
-    """SIGKILL what remains of a session this test started."""
-    for _ in range(40):
-        pids = session_pids(sid)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.25)
 
 
 def http_status(url: str, token: str | None = None) -> int:

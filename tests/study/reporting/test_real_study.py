@@ -36,7 +36,7 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proc = subprocess.run(
         [sys.executable, "-m", "study.run", "--dataset", "fashion_mnist_lt", "--budget", "smoke", "--trials", "3",
          "--methods", "mislas,ce,crt,tau_norm", "--baseline-mixup", "on", "--scheduler", "fifo", "--group-size", "3",
-         "--set", "stage1.epochs=2", "--set", "stage1.milestones=(1)", "--set", "data.test_per_class=100",
+         "--set", "data.test_per_class=100",
          "--storage", str(storage), "--name", "real", "--num-cpus", "2"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900, start_new_session=True,
     )
