@@ -7,6 +7,8 @@ parameter raises :class:`NonFiniteError` (a ``FloatingPointError``).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class UsageError(ValueError):
     """Bad input from the user: a file, field or value, and what is allowed."""
@@ -28,3 +30,11 @@ class NonFiniteError(FloatingPointError):
         self.stage = stage
         self.epoch = epoch
         self.member = member
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle by keyword (the default re-calls ``cls(*args)`` without them): it crosses processes."""
+        return (_rebuild_non_finite, (str(self), self.stage, self.epoch, self.member))
+
+
+def _rebuild_non_finite(message: str, stage: int, epoch: int, member: int | None) -> NonFiniteError:
+    return NonFiniteError(message, stage=stage, epoch=epoch, member=member)

@@ -40,3 +40,14 @@ def test_a_refused_run_leaves_no_empty_out_folder(tmp_path: Path, capsys: pytest
     kept.mkdir()
     assert train_main([*FM, "--data-root", str(tmp_path / "no-data"), "--out", str(kept)]) == 2
     assert kept.is_dir()
+
+
+def test_a_divergence_crosses_processes_with_where_it_happened() -> None:
+    import pickle
+
+    from mislas.errors import NonFiniteError
+
+    err = NonFiniteError("loss is nan", stage=2, epoch=3, member=5)
+    back = pickle.loads(pickle.dumps(err))
+    assert isinstance(back, NonFiniteError) and str(back) == "loss is nan"
+    assert (back.stage, back.epoch, back.member) == (2, 3, 5)
