@@ -55,7 +55,7 @@ from torch import nn
 
 from benchmarks import cuda_paths, synthetic
 from benchmarks.reference import PILArrayDataset, reference_loader, reference_steps
-from benchmarks.run import cycle, stage2_configs, sync, top_quartile_mean
+from benchmarks.run import cycle, stage2_configs, sync, top_quartile_mean, training_ips
 from mislas import fastpath, stages
 from mislas.config import RunConfig, apply_overrides, preset_config, with_method
 from mislas.data import lt_class_counts
@@ -193,25 +193,9 @@ def train_ips(device: torch.device, *, batch: int, size: int, channels: int, ste
     the speed every later estimate scales by."""
     torch.manual_seed(0)
     m = build_model("resnet32", 10, channels).to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
-
-    def step() -> None:
-        with stages._autocast(device):
-            loss = nn.functional.cross_entropy(m(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for _ in range(warm):
-        step()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return batch * steps / (time.perf_counter() - t0)
+    return training_ips(m, x, y, device, warm=warm, steps=steps, autocast=lambda: stages._autocast(device))
 
 
 def matmul_tflops(device: torch.device, n: int) -> float:
