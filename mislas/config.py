@@ -165,7 +165,7 @@ class DataConfig:
             _int("data.test_per_class", self.test_per_class, low=1)
         _int("data.seed", self.seed)
         nw = self.num_workers
-        if not (nw == "auto" or (_is_int(nw) and typing.cast(int, nw) >= 0)):
+        if not (nw == "auto" or (_is_int(nw) and int(nw) >= 0)):
             raise UsageError(f"data.num_workers must be an integer >= 0 or 'auto', got {nw!r}")
         _bool("data.download", self.download)
         _choice("data.loader", self.loader, LOADERS)

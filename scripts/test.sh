@@ -13,6 +13,6 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
 fi
 echo "[test] ruff check"
 .venv/bin/ruff check .
-echo "[test] mypy (mislas strict, study default; pyproject.toml)"
+echo "[test] mypy (mislas and study strict; pyproject.toml)"
 .venv/bin/python -m mypy mislas study
 exec .venv/bin/python -m pytest -q "$@"

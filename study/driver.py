@@ -24,6 +24,7 @@ from study.nodecheck import check_nodes, check_stage1_gpus
 from study.runtime import join_cluster
 from study.settings import StudySettings, canonical_overrides
 from study.storage import LockHeld, StorageError, Store, StudyLock
+from study.tune_adapter import cluster_resources
 
 if TYPE_CHECKING:
     from study.stage1_phase import PhaseResult
@@ -57,7 +58,7 @@ def make_scheduler(s: StudySettings) -> Any:
     from study.search import GroupedASHA
 
     if s.scheduler == "fifo":
-        return FIFOScheduler()
+        return FIFOScheduler()  # type: ignore[no-untyped-call]
     metric = s.metric[0] if isinstance(s.metric, list) else s.metric
     mode = s.mode[0] if isinstance(s.mode, list) else s.mode
     planned = s.epochs_planned()
@@ -255,8 +256,9 @@ def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[st
     ray_init_s = ray_init_s if joined_s is None else joined_s
     previous_sigterm = sigterm_as_ctrl_c()
     try:
-        check_resources(s, ray.cluster_resources(), joined=not started_ray)
-        default_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        resources = cluster_resources()
+        check_resources(s, resources, joined=not started_ray)
+        default_gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
         gpus = s.gpus_per_trial if s.gpus_per_trial is not None else default_gpus
         device = "cuda" if gpus > 0 else "cpu"
         stage1_gpus = s.stage1_gpus_per_worker if s.stage1_gpus_per_worker is not None else default_gpus

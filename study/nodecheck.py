@@ -45,7 +45,7 @@ def probe(modules: list[str]) -> dict[str, Any]:
 
     ctx = ray.get_runtime_context()
     return {"missing": missing_here(modules), "python": sys.executable, "hostname": socket.gethostname(),
-            "node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+            "node_id": ctx.get_node_id(), "node_ip": str(ray.util.get_node_ip_address())}  # type: ignore[no-untyped-call]
 
 
 def message(found: dict[str, Any]) -> str:
@@ -66,7 +66,7 @@ def check_nodes(modules: list[str] | None = None, *, timeout_s: float = 120.0) -
     wanted = list(REQUIRED if modules is None else modules)
     remote = ray.remote(probe)
     refs = [remote.options(num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
-        node["NodeID"], soft=False)).remote(wanted) for node in ray.nodes() if node.get("Alive")]
+        node["NodeID"], soft=False)).remote(wanted) for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
     for found in ray.get(refs, timeout=timeout_s):
         if found["missing"]:
             raise NodeDependencyError(message(found))
@@ -91,7 +91,7 @@ def cuda_facts() -> dict[str, Any]:
     import ray
     import torch
 
-    return {"cuda": bool(torch.cuda.is_available()), "node_ip": ray.util.get_node_ip_address(),
+    return {"cuda": bool(torch.cuda.is_available()), "node_ip": str(ray.util.get_node_ip_address()),  # type: ignore[no-untyped-call]
             "visible": os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"), "torch": torch.__version__,
             "built_for": torch.version.cuda}
 
@@ -120,7 +120,7 @@ def check_stage1_gpus(workers: int, gpus_per_worker: float, *, timeout_s: float 
     is not scheduled within ``timeout_s``."""
     import ray
 
-    if gpus_per_worker <= 0 or ray.cluster_resources().get("GPU", 0) < gpus_per_worker:
+    if gpus_per_worker <= 0 or ray.cluster_resources().get("GPU", 0) < gpus_per_worker:  # type: ignore[no-untyped-call]
         return
     ref = ray.remote(cuda_facts).options(num_cpus=0, num_gpus=gpus_per_worker, max_retries=0).remote()
     try:

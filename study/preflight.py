@@ -61,7 +61,7 @@ def check_data(s: StudySettings) -> dict[str, str]:
     Returns each data set's fingerprint (the Stage-1 phase plans its cache keys from them).
     """
     from mislas.models import pretrained_problem
-    from study.trainable import load_data
+    from mislas.train import load_data
 
     fingerprints = {}
     for d, cfg in s.configs.items():

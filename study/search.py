@@ -424,7 +424,7 @@ class GroupedASHA(FIFOScheduler):
 
     def __init__(self, *, metric: str, mode: str, max_t: Mapping[str, int], grace_period: int = 1,
                  reduction_factor: float = 3, time_attr: str = "epoch") -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         FIFOScheduler.set_search_properties(self, metric, mode)  # Tune's public setter of metric/mode
         self.asha = {
             d: AsyncHyperBandScheduler(time_attr=time_attr, metric=metric, mode=mode, max_t=max(1, t),

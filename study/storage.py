@@ -116,7 +116,7 @@ class Store:
 
     # -- queries --------------------------------------------------------------------------
     def exists(self, *parts: str) -> bool:
-        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+        return bool(self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound)
 
     def listdir(self, *parts: str) -> list[str]:
         info = self.fs.get_file_info(self.path(*parts))

@@ -163,7 +163,7 @@ def wandb_dir(results_dir: str | None) -> str | None:
 def _tbx_class() -> type:
     from ray.tune.logger import TBXLoggerCallback
 
-    class SpecTBXLoggerCallback(TBXLoggerCallback):  # type: ignore[misc]
+    class SpecTBXLoggerCallback(TBXLoggerCallback):
         """Tune's TensorBoard logger, with the spec's parameters in the HPARAMS tab."""
 
         def _try_log_hparams(self, trial: Any, result: dict[str, Any]) -> None:
@@ -185,7 +185,7 @@ def _mlflow_class() -> type:
 
     from study.tune_adapter import mlflow_trial_runs
 
-    class SpecMLflowLoggerCallback(MLflowLoggerCallback):  # type: ignore[misc]
+    class SpecMLflowLoggerCallback(MLflowLoggerCallback):
         """Ray's MLflow logger; the run's parameters are :func:`trial_params`, not ``str(spec)``.
 
         Ray (2.60) logs ``trial.config`` as is, i.e. one parameter ``spec`` holding the spec's
@@ -206,7 +206,7 @@ def _mlflow_class() -> type:
                                               experiment_name=self.experiment_name,
                                               tracking_token=self.tracking_token,
                                               artifact_location=self.artifact_location)
-            super().setup(*args, **kwargs)
+            super().setup(*args, **kwargs)  # type: ignore[no-untyped-call]
 
         def log_trial_start(self, trial: Any) -> None:
             runs = mlflow_trial_runs(self)
@@ -223,12 +223,12 @@ def _mlflow_class() -> type:
 def _wandb_class() -> type:
     from ray.air.integrations.wandb import WandbLoggerCallback
 
-    class SpecWandbLoggerCallback(WandbLoggerCallback):  # type: ignore[misc]
+    class SpecWandbLoggerCallback(WandbLoggerCallback):
         """Ray's W&B logger; the run's config is :func:`trial_params` (Ray's passes the spec
         object, which W&B stores as one nested value)."""
 
         def setup(self, *args: Any, **kwargs: Any) -> None:
-            super().setup(*args, **kwargs)
+            super().setup(*args, **kwargs)  # type: ignore[no-untyped-call]
             if "dir" in self.kwargs:
                 Path(self.kwargs["dir"]).mkdir(parents=True, exist_ok=True)
 

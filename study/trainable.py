@@ -58,6 +58,7 @@ from study.outcome import OUTCOME, MemberOutcome, divergence
 from study.records import TrialSpec
 from study.stage1_cache import Stage1Cache, Stage1Entry, stage1_key
 from study.storage import Store
+from study.tune_adapter import node_ip
 
 REPORT = "report.json"  # the final report, re-reported when a finished trial is restored
 ENGINE = "engine"  # the Stage-2 engine's resumable state
@@ -104,7 +105,7 @@ def node_facts() -> dict[str, str | None]:
 
     if not ray.is_initialized():
         return {"node_id": None, "node_ip": None}
-    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": node_ip()}
 
 
 def versions() -> dict[str, str]:

@@ -32,6 +32,30 @@ import optuna
 from optuna.distributions import distribution_to_json, json_to_distribution
 from optuna.trial import FrozenTrial
 
+# --- typed views of Ray's untyped public calls ------------------------------------------------
+
+
+def cluster_resources() -> dict[str, float]:
+    """``ray.cluster_resources()`` (public, untyped in Ray): resource name -> total on the cluster."""
+    import ray
+
+    return {str(k): float(v) for k, v in ray.cluster_resources().items()}  # type: ignore[no-untyped-call]
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    """``ray.nodes()`` (public, untyped in Ray), only the nodes that are alive."""
+    import ray
+
+    return [dict(n) for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+
+
+def node_ip() -> str:
+    """``ray.util.get_node_ip_address()`` (public, untyped in Ray): this process's node IP."""
+    import ray.util
+
+    return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+
+
 # --- public stand-ins -------------------------------------------------------------------------
 
 

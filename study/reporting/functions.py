@@ -21,13 +21,13 @@ def related_function(counts: np.ndarray, eps_1: float, eps_k: float, form: str, 
         return np.full(n.shape, eps_1)
     x = (n - n_k) / (n_1 - n_k)
     if form == "concave":  # Eq. 3.a
-        return eps_k + (eps_1 - eps_k) * np.sin(np.pi / 2 * x)
+        return np.asarray(eps_k + (eps_1 - eps_k) * np.sin(np.pi / 2 * x), dtype=float)
     if form == "linear":  # Eq. 3.b
-        return eps_k + (eps_1 - eps_k) * x
+        return np.asarray(eps_k + (eps_1 - eps_k) * x, dtype=float)
     if form == "convex":  # Eq. 3.c
-        return eps_1 + (eps_1 - eps_k) * np.sin(3 * np.pi / 2 + np.pi / 2 * x)
+        return np.asarray(eps_1 + (eps_1 - eps_k) * np.sin(3 * np.pi / 2 + np.pi / 2 * x), dtype=float)
     if form == "exp":  # Eq. 7
         if p is None or not p > 0:
             raise ValueError(f"p > 0 must hold for form='exp', but got p={p!r}")
-        return eps_k + (eps_1 - eps_k) * np.power(x, p)
+        return np.asarray(eps_k + (eps_1 - eps_k) * np.power(x, p), dtype=float)
     raise ValueError(f"form must be one of concave, linear, convex, exp, but got {form!r}")

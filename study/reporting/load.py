@@ -28,6 +28,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import pyarrow as pa
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
@@ -129,7 +130,7 @@ def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
     out = trials.copy()
     for name in ("mixup", "is_paper_setting"):
         out[name] = out[name].astype("boolean").fillna(False).astype(bool)
-    floats = [f.name for f in schema.TRIALS_SCHEMA if f.type == schema.pa.float64()]
+    floats = [f.name for f in schema.TRIALS_SCHEMA if f.type == pa.float64()]
     for name in floats:
         out[name] = pd.to_numeric(out[name], errors="coerce").astype(float)
     for name in ("started_at", "finished_at"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from study.reporting.common import GroupKey
 
@@ -51,7 +52,7 @@ def _cifar(dataset: str, beta: float, s1: tuple[float, float], mislas: tuple[flo
     ]
 
 
-def _table(dataset: str, archs: tuple[str, ...], rows: list[tuple]) -> list[PublishedRow]:
+def _table(dataset: str, archs: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[PublishedRow]:
     return [PublishedRow(dataset, None, archs, m, mix, a, b, c, d, e, s) for m, mix, a, b, c, d, e, s in rows]
 
 

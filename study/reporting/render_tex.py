@@ -42,7 +42,7 @@ def table_tex(t: DisplayTable) -> str:
     if len(t.columns) > WIDE:  # ours beside published does not fit a text column otherwise
         latex = latex.replace("\\begin{tabular}", "\\resizebox{\\linewidth}{!}{%\n\\begin{tabular}")
         latex = latex.replace("\\end{tabular}", "\\end{tabular}}")
-    return latex
+    return str(latex)
 
 
 def render_tex(doc: Document) -> str:
