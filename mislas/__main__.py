@@ -35,6 +35,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m mislas`` command line (subcommands)."""
     parser = _OneLineParser(prog="python -m mislas", description="MiSLAS tools.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     d = sub.add_parser("describe", help="counts, Many/Medium/Few splits and missing images of a data set")
@@ -114,6 +115,7 @@ FAILURES = {"describe": _describe_failure}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a ``python -m mislas`` subcommand; return its exit status."""
     args = build_parser().parse_args(argv)
     try:
         result = COMMANDS[args.command](args)

@@ -1,4 +1,6 @@
-"""The project's one atomic file writer; imports nothing heavy (no torch), so the study's
+"""Atomic file writes: readers see the old file or the new one, never a part.
+
+The project's one atomic file writer; imports nothing heavy (no torch), so the study's
 storage and results code can use it without loading PyTorch.
 
 A write goes to a temporary file in the target's folder, is flushed and fsynced, and is then

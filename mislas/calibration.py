@@ -1,4 +1,6 @@
-"""Post-hoc temperature scaling (Guo et al. 2017), the usual baseline MiSLAS's calibration is
+"""Post-hoc temperature scaling, the calibration baseline.
+
+Post-hoc temperature scaling (Guo et al. 2017), the usual baseline MiSLAS's calibration is
 compared against: one scalar T > 0 fitted on validation logits, test logits divided by T.
 
 Temperature scaling leaves the arg-max, hence top-1, unchanged and changes only confidence.
@@ -124,8 +126,11 @@ def temperature_fit(logits: ArrayLike, labels: ArrayLike) -> TemperatureFit:
 
 
 def _newton_beta(grad_curv: Callable[[float], tuple[float, float]]) -> tuple[float, int]:
-    """The root β of a monotone increasing gradient in [1/T_max, 1/T_min] (or the bound it is
-    beyond) and the number of ``grad_curv`` evaluations; the method is :func:`fit_temperature`'s."""
+    """Find β by safeguarded Newton steps; return it and the number of evaluations.
+
+    The root β of a monotone increasing gradient in [1/T_max, 1/T_min] (or the bound it is
+    beyond) and the number of ``grad_curv`` evaluations; the method is :func:`fit_temperature`'s.
+    """
     t_min, t_max = TEMPERATURE_BOUNDS
     lo, hi = 1.0 / t_max, 1.0 / t_min  # bracket in β
     beta = 1.0

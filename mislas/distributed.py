@@ -1,4 +1,6 @@
-"""Data-parallel training over a ``torch.distributed`` process group: which process this is,
+"""Data-parallel helpers for Stage 1 that are the identity outside a process group.
+
+Data-parallel training over a ``torch.distributed`` process group: which process this is,
 and the few collective steps Stage 1 needs.
 
 Whoever starts the processes and the group (Ray Train's ``TorchTrainer``, ``torchrun``) is not

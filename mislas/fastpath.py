@@ -78,8 +78,11 @@ def resident(split: ArraySplit, device: torch.device, pad: int = 0) -> tuple[tor
 
 @dataclass(frozen=True)
 class CropFlip:
-    """Random crop of the image's own size from a ``pad``-zero-padded copy, then a flip with
-    probability ``flip_p``: ``v2.RandomCrop(size, padding=pad)`` + ``v2.RandomHorizontalFlip(flip_p)``."""
+    """The reference's CIFAR augmentation on a batch of tensors.
+
+    Random crop of the image's own size from a ``pad``-zero-padded copy, then a flip with
+    probability ``flip_p``: ``v2.RandomCrop(size, padding=pad)`` + ``v2.RandomHorizontalFlip(flip_p)``.
+    """
 
     pad: int = PAD
     flip_p: float = 0.5

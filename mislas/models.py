@@ -36,12 +36,14 @@ class Network(nn.Module):
             trunk.requires_grad_(False)
 
     def train(self, mode: bool = True) -> Network:
+        """Set train/eval mode; a frozen trunk stays in eval mode (its BN statistics are fixed)."""
         super().train(mode)
         if self.trunk is not None:
             self.trunk.eval()
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's features of ``x`` (the frozen trunk without autograd)."""
         if self.trunk is not None:
             with torch.no_grad():
                 x = self.trunk(x)
@@ -49,6 +51,7 @@ class Network(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's logits of ``x``."""
         logits: torch.Tensor = self.classifier(self.features(x))
         return logits
 
@@ -67,10 +70,12 @@ class ScaledClassifier(nn.Module):
         self.scale.requires_grad_(train_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits s ⊙ (W x + b)."""
         logits: torch.Tensor = self.linear(x) * self.scale
         return logits
 
     def effective_weight(self) -> torch.Tensor:
+        """The rows of W scaled by s: the weight that multiplies the features."""
         return self.linear.weight * self.scale[:, None]
 
 
@@ -86,12 +91,15 @@ class TauNormClassifier(nn.Module):
         self.register_buffer("weight", linear.weight.detach() / norms.pow(self.tau))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the τ-normalised weight, without bias."""
         return F.linear(x, self.weight)
 
     def effective_weight(self) -> torch.Tensor:
+        """The τ-normalised weight."""
         return self.weight
 
     def extra_repr(self) -> str:
+        """Show τ in the module's repr."""
         return f"tau={self.tau}"
 
 
@@ -130,11 +138,14 @@ class _BasicBlock(nn.Module):
 
 
 def init_reference_resnet32(module: nn.Conv2d | nn.Linear) -> None:
-    """The reference ResNet-32's initialisation: ``kaiming_normal_`` with its defaults (fan_in,
+    """Initialise a conv or linear layer as the reference ResNet-32 does.
+
+    The reference ResNet-32's initialisation: ``kaiming_normal_`` with its defaults (fan_in,
     gain √2) on every conv and on the classifier's weight; the classifier's bias keeps PyTorch's
     default (dvlab-research/MiSLAS 0fc381e, models/resnet_cifar.py, ``_weights_init``, applied
     to the whole network). Stage 1 from scratch depends on it: conv1's weight std is √(2/27) ≈
-    0.27 for 3-channel input, not the fan_out rule's 0.12."""
+    0.27 for 3-channel input, not the fan_out rule's 0.12.
+    """
     nn.init.kaiming_normal_(module.weight)
 
 
@@ -157,6 +168,7 @@ class ResNet32Body(nn.Module):
                 init_reference_resnet32(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features of ``x`` (the classifier is not part of this body)."""
         x = self.layers(F.relu(self.bn1(self.conv1(x))))
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
@@ -171,9 +183,12 @@ _TV_RESNETS: dict[str, tuple[Callable[..., tv_models.ResNet], Callable[[], objec
 
 
 def pretrained_problem(arch: str, pretrained: str | None) -> str | None:
-    """Why ``arch`` could not get its pretrained weights without a download (None: it can, or
+    """Say why ``arch`` cannot get its pretrained weights offline, or None.
+
+    Why ``arch`` could not get its pretrained weights without a download (None: it can, or
     it needs none). Checks that a given file exists, or that torchvision's weights are already
-    in torch's hub cache; reads and downloads nothing (a study checks this before Ray starts)."""
+    in torch's hub cache; reads and downloads nothing (a study checks this before Ray starts).
+    """
     source = "torchvision" if arch == "resnet152_places" and pretrained is None else pretrained
     if source is None:
         return None

@@ -105,8 +105,11 @@ def _weights_only_reason(exc: BaseException) -> str:
 
 
 def _first_unsafe_global(path: Path) -> str | None:
-    """The first global named by the file's pickle that is not allowed (for messages only:
-    the file is scanned by :mod:`pickletools`, never unpickled)."""
+    """Name the first global the file's pickle needs that is not allowed.
+
+    The first global named by the file's pickle that is not allowed (for messages only:
+    the file is scanned by :mod:`pickletools`, never unpickled).
+    """
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:

@@ -53,6 +53,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m mislas.train`` command line."""
     parser = _OneLineParser(
         prog="python -m mislas.train", description="Train MiSLAS (or a baseline) in two stages and evaluate it."
     )
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
+    """The run's config from the command line: the preset, then the flags, then ``--set``."""
     if args.dataset not in DATASETS:
         raise UsageError(f"--dataset: unknown data set {args.dataset!r}; allowed: {', '.join(DATASETS)}")
     if args.method not in METHODS:
@@ -101,6 +103,7 @@ def check_out(out: Path) -> None:
 
 
 def load_data(cfg: RunConfig) -> LTData:
+    """Load the long-tailed data set the config names."""
     d = cfg.data
     return load_dataset(
         d.dataset, d.data_root, imb_factor=d.imb_factor, n_max=d.n_max, seed=d.seed, val_per_class=d.val_per_class,
@@ -127,6 +130,7 @@ def _temperature_json(result: StageResult) -> dict[str, Any] | None:
 
 
 def write_json_atomic(payload: dict[str, Any], path: Path) -> None:
+    """Write ``payload`` as JSON, atomically."""
     text = json.dumps(payload, indent=2, default=_jsonable) + "\n"
     write_atomic(path, text.encode())
 
@@ -206,8 +210,11 @@ def run(cfg: RunConfig, out: Path, *, stage1_checkpoint: Path | None = None, pro
 
 
 def metrics_path(out: Path, method: str) -> Path:
-    """Where a run of ``method`` on ``out`` writes its metrics: a file per method, so that a
-    second ``--method`` on the same ``--out`` (same Stage 1) does not replace the first's."""
+    """The metrics file of ``method`` under ``out``.
+
+    Where a run of ``method`` on ``out`` writes its metrics: a file per method, so that a
+    second ``--method`` on the same ``--out`` (same Stage 1) does not replace the first's.
+    """
     return out / f"metrics-{method}.json"
 
 
@@ -250,6 +257,7 @@ def remove_if_left_empty(made: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m mislas.train``; return its exit status."""
     args = build_parser().parse_args(argv)
     made = first_missing(args.out)
     cfg: RunConfig | None = None

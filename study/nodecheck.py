@@ -58,8 +58,11 @@ def message(found: dict[str, Any]) -> str:
 
 
 def check_nodes(modules: list[str] | None = None, *, timeout_s: float = 120.0) -> None:
-    """Run :func:`probe` on every alive node of the joined cluster; raise NodeDependencyError
-    naming the first node that lacks a module (the driver prints it and exits 3)."""
+    """Check that every alive node can import the study's dependencies.
+
+    Run :func:`probe` on every alive node of the joined cluster; raise NodeDependencyError
+    naming the first node that lacks a module (the driver prints it and exits 3).
+    """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -103,21 +106,27 @@ def _no_cuda(what: str, facts: dict[str, Any], fix: str) -> str:
 
 
 def require_cuda(what: str, fix: str) -> None:
-    """Inside a task given a GPU: fail with one line when torch cannot see it (rather than train
-    on the CPU under a config that says "cuda")."""
+    """Fail in one line when a task given a GPU cannot see CUDA.
+
+    Inside a task given a GPU: fail with one line when torch cannot see it (rather than train
+    on the CPU under a config that says "cuda").
+    """
     facts = cuda_facts()
     if not facts["cuda"]:
         raise RuntimeError(_no_cuda(what + " was given a GPU", facts, fix))
 
 
 def check_stage1_gpus(workers: int, gpus_per_worker: float, *, timeout_s: float = 300.0) -> None:
-    """Before the Stage-1 phase trains on GPUs: one task given ``gpus_per_worker`` GPU checks that
+    """Check, before Stage 1 trains on GPUs, that a GPU task sees CUDA.
+
+    Before the Stage-1 phase trains on GPUs: one task given ``gpus_per_worker`` GPU checks that
     torch sees CUDA there. A head that declares logical GPUs (``ray start --num-gpus``) on a
     machine without CUDA would otherwise start NCCL data-parallel workers that die in NCCL's
     ValueError (``workers`` > 1), or one-process Stage 1s that fail one by one. Raises
     NodeDependencyError (one line, exit 3; rerunning does not help). Skipped when the cluster
     has no such GPUs now (Ray would queue the work until an autoscaled node comes) or the probe
-    is not scheduled within ``timeout_s``."""
+    is not scheduled within ``timeout_s``.
+    """
     import ray
 
     if gpus_per_worker <= 0 or ray.cluster_resources().get("GPU", 0) < gpus_per_worker:  # type: ignore[no-untyped-call]

@@ -58,10 +58,12 @@ class MemberOutcome:
     diverged: bool = False  # non-finite, or a loss / NLL above the bound (divergence()): status diverged
 
     def to_json(self) -> bytes:
+        """The outcome as JSON bytes (``outcome.json`` in the trial's checkpoint)."""
         return json.dumps(asdict(self), indent=1, default=_jsonable).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> MemberOutcome:
+        """Read an outcome back, ignoring fields a newer version added."""
         raw = json.loads(data)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
@@ -76,9 +78,12 @@ def _jsonable(value: Any) -> Any:
 
 
 def divergence(num_classes: int, *, nll: dict[str, Any], train_losses: list[Any]) -> str | None:
-    """Why a member counts as diverged, or None: a Stage-2 epoch's train loss or a split's NLL
+    """Say why a member counts as diverged, or None.
+
+    Why a member counts as diverged, or None: a Stage-2 epoch's train loss or a split's NLL
     (``nll``: split -> value, None for an undefined one) that is non-finite or above
-    ``schema.DIVERGENCE_NATS`` x ln(C) nats (a uniform guess over C classes scores ln C)."""
+    ``schema.DIVERGENCE_NATS`` x ln(C) nats (a uniform guess over C classes scores ln C).
+    """
     bound = schema.DIVERGENCE_NATS * math.log(max(num_classes, 2))
     values = [(f"{split} NLL", v) for split, v in nll.items() if v is not None]
     values += [(f"epoch {e} train loss", v) for e, v in enumerate(train_losses, 1) if v is not None]
@@ -91,8 +96,11 @@ def divergence(num_classes: int, *, nll: dict[str, Any], train_losses: list[Any]
 
 
 def at_bound(temperature: float | None) -> bool | None:
-    """Whether a fitted temperature sits on the fit's search bound (mislas.calibration's
-    TEMPERATURE_BOUNDS): there the NLL was still falling, so T is no optimum (None: no T)."""
+    """Whether a fitted temperature sits on the fit's search bound.
+
+    Whether a fitted temperature sits on the fit's search bound (mislas.calibration's
+    TEMPERATURE_BOUNDS): there the NLL was still falling, so T is no optimum (None: no T).
+    """
     if temperature is None or temperature != temperature:
         return None
     from mislas.calibration import TEMPERATURE_BOUNDS
@@ -102,8 +110,11 @@ def at_bound(temperature: float | None) -> bool | None:
 
 
 def status_of(outcome: MemberOutcome | None, *, error: str | None) -> str:
-    """complete (all epochs, test metrics), diverged (blew up: see divergence()), failed (an
-    error) or stopped_early."""
+    """The row status of a member's outcome.
+
+    Complete (all epochs, test metrics), diverged (blew up: see divergence()), failed (an
+    error) or stopped_early.
+    """
     if outcome is not None and outcome.diverged:
         return schema.DIVERGED
     if error is not None or (outcome is not None and outcome.error):

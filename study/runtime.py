@@ -47,10 +47,13 @@ def _escape(rel: str) -> str:
 
 
 def installed_excludes(roots: list[Path]) -> list[str]:
-    """Patterns that leave exactly the files the distribution's RECORD lists under ``roots``
+    """Runtime-env excludes that ship exactly a distribution's installed files.
+
+    Patterns that leave exactly the files the distribution's RECORD lists under ``roots``
     (bytecode aside): files a user or a tool put into site-packages beside them stay here.
     Without the distribution's metadata (the packages copied onto a path by hand), only bytecode
-    is left out."""
+    is left out.
+    """
     from importlib import metadata
 
     try:
@@ -69,9 +72,12 @@ def installed_excludes(roots: list[Path]) -> list[str]:
 
 
 def code_runtime_env() -> dict[str, Any]:
-    """How a cluster gets this code: the repository as ``working_dir`` from a checkout; from an
+    """The runtime env that ships this code to a cluster.
+
+    How a cluster gets this code: the repository as ``working_dir`` from a checkout; from an
     installed wheel, its three packages as ``py_modules`` (never the whole site-packages), each
-    shipping exactly the files the wheel installed."""
+    shipping exactly the files the wheel installed.
+    """
     if is_checkout():
         return {"working_dir": str(REPO_ROOT), "excludes": EXCLUDES}
     roots = package_roots()
@@ -79,8 +85,11 @@ def code_runtime_env() -> dict[str, Any]:
 
 
 def git_commit() -> str | None:
-    """The code's commit: from git here, or MISLAS_GIT_COMMIT (study.submit sets it, as a job's
-    working_dir has no .git)."""
+    """The commit of the code that runs.
+
+    The code's commit: from git here, or MISLAS_GIT_COMMIT (study.submit sets it, as a job's
+    working_dir has no .git).
+    """
     if os.environ.get("MISLAS_GIT_COMMIT"):
         return os.environ["MISLAS_GIT_COMMIT"]
     try:
@@ -99,9 +108,12 @@ TOKEN_SOURCES = "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, with 
 
 
 def join_error(exc: BaseException, address: str, logged: str = "") -> ClusterError:
-    """One line for a failed ``ray.init(address=...)``: Ray's first line and what to do.
+    """Say in one line why joining the cluster failed and what to do.
+
+    One line for a failed ``ray.init(address=...)``: Ray's first line and what to do.
     ``logged``: what Ray's core printed meanwhile (a wrong token shows only there, as
-    "InvalidAuthToken"; the exception says "Failed to connect")."""
+    "InvalidAuthToken"; the exception says "Failed to connect").
+    """
     from ray.exceptions import AuthenticationError
 
     first = next((ln.strip() for ln in str(getattr(exc, "message", exc)).splitlines() if ln.strip()), "")
@@ -119,9 +131,12 @@ def join_error(exc: BaseException, address: str, logged: str = "") -> ClusterErr
 
 @contextlib.contextmanager
 def _captured_stderr() -> Iterator[list[str]]:
-    """File descriptor 2 into a temporary file meanwhile, its text in the yielded list after:
+    """Capture what Ray's C++ core writes to stderr meanwhile.
+
+    File descriptor 2 into a temporary file meanwhile, its text in the yielded list after:
     Ray's core logs each refused attempt to join (about 20 of them) there, from C++, which no
-    Python logging setting silences."""
+    Python logging setting silences.
+    """
     sys.stderr.flush()
     saved = os.dup(2)
     text: list[str] = []
@@ -138,11 +153,14 @@ def _captured_stderr() -> Iterator[list[str]]:
 
 
 def join_cluster(address: str | None) -> float | None:
-    """Join the cluster the driver is pointed at (``--address`` or ``RAY_ADDRESS``), before the
+    """Join the cluster the driver is pointed at, or return None to start Ray here.
+
+    Join the cluster the driver is pointed at (``--address`` or ``RAY_ADDRESS``), before the
     study writes anything to its storage; None when Ray is to start in this process. A refusal
     (no or wrong token, nothing listening) raises ClusterError. Token authentication stays on
     (``RAY_AUTH_MODE=token`` unless set otherwise), as study.submit keeps it. What Ray prints
-    while joining is held back and shown only when the join succeeds."""
+    while joining is held back and shown only when the join succeeds.
+    """
     target = address or os.environ.get("RAY_ADDRESS")
     if not target:
         return None

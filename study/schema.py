@@ -133,7 +133,7 @@ def columns(name: str) -> tuple[str, ...]:
 
 
 def _clean(value: Any) -> Any:
-    """numpy scalars to Python, NaN to None (Parquet null)."""
+    """Numpy scalars to Python, NaN to None (Parquet null)."""
     if hasattr(value, "item") and not isinstance(value, (list, tuple, dict, str, bytes)):
         value = value.item()
     if isinstance(value, float) and math.isnan(value):
@@ -163,4 +163,5 @@ def conform(tbl: pa.Table, name: str) -> pa.Table:
 
 
 def empty(name: str) -> pa.Table:
+    """An empty table of the named schema."""
     return SCHEMAS[name].empty_table()

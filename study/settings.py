@@ -46,8 +46,11 @@ def imb_for(dataset: str, imb_factor: float | None) -> float | None:
 
 
 def canonical_overrides(items: tuple[str, ...] | list[str]) -> list[str]:
-    """``--set`` items in one order (by key; the last value of a repeated key, as applied), so a
-    resume with the same flags in another order is the same study."""
+    """Put ``--set`` items in canonical order.
+
+    ``--set`` items in one order (by key; the last value of a repeated key, as applied), so a
+    resume with the same flags in another order is the same study.
+    """
     last: dict[str, str] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -150,8 +153,11 @@ class StudySettings:
                     for m in ("mislas", "ce", "crt", "lws", "tau_norm")} for d, cfg in self.configs.items()}
 
     def baselines(self) -> list[TrialSpec]:
-        """The fixed baseline trials: each method x Stage-1 flavour x BN mode x data set x seed
-        (the BN mode only for the methods that train in Stage 2)."""
+        """The fixed baseline trials of the study.
+
+        The fixed baseline trials: each method x Stage-1 flavour x BN mode x data set x seed
+        (the BN mode only for the methods that train in Stage 2).
+        """
         out = []
         for seed, d, m, mixup in product(self.seeds, self.datasets, self.methods, self.baseline_mixup):
             if m == "mislas":

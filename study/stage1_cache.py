@@ -58,6 +58,7 @@ _VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha
 
 
 def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -66,8 +67,11 @@ def file_sha256(path: Path) -> str:
 
 
 def checkpoint_problem(folder: Path) -> str | None:
-    """Why ``folder/stage1.pt`` does not match ``folder/done.json`` (None: it does, or done.json
-    predates the sha256)."""
+    """Say why a cached Stage-1 checkpoint does not match its record, or None.
+
+    Why ``folder/stage1.pt`` does not match ``folder/done.json`` (None: it does, or done.json
+    predates the sha256).
+    """
     try:
         done = json.loads((folder / DONE).read_text())
     except (OSError, ValueError) as exc:
@@ -123,6 +127,7 @@ def stage1_key(data_fingerprint: str, cfg: RunConfig, workers: int = 1) -> tuple
 
 @dataclass(frozen=True)
 class Stage1Entry:
+    """A finished Stage-1 cache entry: its key, the local checkpoint and what it recorded."""
     key: str
     checkpoint: Path  # a local file
     metrics: dict[str, Any]
@@ -147,11 +152,15 @@ class Stage1Cache:
         return self.store.local_path(key) if self.store.local else self.local_dir / key
 
     def is_done(self, key: str) -> bool:
+        """Whether the entry ``key`` has finished (its done.json exists)."""
         return self.store.exists(key, DONE)
 
     def is_reusable(self, key: str) -> bool:
-        """Done, and (on a local or NFS store) its checkpoint matches the recorded sha256; an
-        object store's copy is checked when a node fetches it."""
+        """Whether the entry ``key`` can be used as it is.
+
+        Done, and (on a local or NFS store) its checkpoint matches the recorded sha256; an
+        object store's copy is checked when a node fetches it.
+        """
         if not self.is_done(key):
             return False
         return not self.store.local or checkpoint_problem(self.store.local_path(key)) is None
@@ -163,8 +172,11 @@ class Stage1Cache:
         return [json.loads(line) for line in self.store.read_bytes(key, HISTORY).decode().splitlines() if line]
 
     def get_or_train(self, key: str, inputs: Mapping[str, Any], train: TrainFn, *, workers: int = 1) -> Stage1Entry:
-        """The entry for ``key``; ``train(folder)`` must write ``folder/stage1.pt`` and return metrics
-        (``workers``: how many data-parallel processes it trains with, recorded)."""
+        """Return the entry for ``key``, training it first if it is missing.
+
+        The entry for ``key``; ``train(folder)`` must write ``folder/stage1.pt`` and return metrics
+        (``workers``: how many data-parallel processes it trains with, recorded).
+        """
         local = self.entry_dir(key)
         local.mkdir(parents=True, exist_ok=True)
         if self.store.local and (local / DONE).exists() and checkpoint_problem(local) is None:  # fast path, no lock
@@ -200,15 +212,21 @@ class Stage1Cache:
             self.store.download(local / PARTIAL, key, PARTIAL)
 
     def push_partial(self, key: str, local: Path) -> None:
-        """Upload this epoch's ``stage1.partial.pt`` to an object store, so that a Stage 1 killed
-        with its node resumes on another one (a local or NFS store already holds the file)."""
+        """Upload this epoch's partial Stage-1 checkpoint to an object store.
+
+        Upload this epoch's ``stage1.partial.pt`` to an object store, so that a Stage 1 killed
+        with its node resumes on another one (a local or NFS store already holds the file).
+        """
         if not self.store.local and (local / PARTIAL).exists():
             self.store.upload(local / PARTIAL, key, PARTIAL)
 
     def _set_aside(self, key: str, local: Path, problem: str, *, stored: bool) -> None:
-        """A finished entry that does not read back: rename its checkpoint and done.json (this
+        """Set a finished entry that does not read back aside.
+
+        A finished entry that does not read back: rename its checkpoint and done.json (this
         node's copy; with ``stored``, the store's too) so that it is fetched or trained again;
-        one line says so."""
+        one line says so.
+        """
         suffix = f".damaged-{stamp()}"
         for name in (CHECKPOINT, DONE):
             if (local / name).exists():

@@ -48,6 +48,7 @@ class Stage1Job:
     key: str | None = None  # known when the driver could load the data (else the worker computes it)
 
     def label(self) -> str:
+        """A short name for progress lines, e.g. ``cifar10_lt-mixup-s0``."""
         return f"{self.dataset}-{'mixup' if self.mixup else 'plain'}-s{self.seed}"
 
 
@@ -85,8 +86,11 @@ def needed(s: StudySettings) -> list[tuple[str, bool, int]]:
 
 
 def plan(s: StudySettings, fingerprints: dict[str, str]) -> list[Stage1Job]:
-    """The jobs (each data set's study config with its flavour and seed), with their cache keys
-    (for ``s.stage1_workers``) where the data set's fingerprint is known."""
+    """Plan the Stage-1 jobs of a study.
+
+    The jobs (each data set's study config with its flavour and seed), with their cache keys
+    (for ``s.stage1_workers``) where the data set's fingerprint is known.
+    """
     jobs = []
     for d, mixup, seed in needed(s):
         base = s.configs[d]
@@ -153,7 +157,8 @@ def _train_loop(config: dict[str, Any]) -> None:
     """The per-worker function of Ray Train's TorchTrainer (the process group is set up).
 
     Rank 0 reports its outcome with a (tiny) checkpoint: Ray Train keeps a run's metrics only
-    with a checkpoint."""
+    with a checkpoint.
+    """
     import tempfile
 
     import ray.train
@@ -197,8 +202,11 @@ def _trainer_body(job: Stage1Job, location: str, progress: bool, res: Stage1Reso
 
 def run_phase(jobs: Sequence[Stage1Job], *, location: str, runs: str, resources: Stage1Resources,
               max_failures: int, progress: bool, say: Callable[[str], None]) -> PhaseResult:
-    """Train the jobs whose cache entry is missing, all submitted at once (Ray queues them by
-    resources); one line per Stage 1 as it ends. Failures are returned, not raised."""
+    """Train the missing Stage-1 jobs, all submitted at once.
+
+    Train the jobs whose cache entry is missing, all submitted at once (Ray queues them by
+    resources); one line per Stage 1 as it ends. Failures are returned, not raised.
+    """
     import ray
 
     t0 = time.perf_counter()

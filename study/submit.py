@@ -1,12 +1,12 @@
-"""``python -m study.submit --address http://HEAD:8265 -- <study.run args>``: a study as a Ray job.
+r"""``python -m study.submit --address http://HEAD:8265 -- <study.run args>``: a study as a Ray job.
 
 Submits ``python -m study.run <args>`` through the Ray Jobs SDK with a runtime_env that
 ships this repository (``working_dir``) and, if asked, installs dependencies (``--pip`` /
 ``--requirements``); prints the job id and the equivalent Ray CLI command, follows the
 job's logs and exits 0 when the job succeeded. The printed command runs as it stands, e.g.::
 
-    RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 \\
-        --runtime-env-json '{"working_dir": "/path/to/repo", "excludes": [...], "env_vars": {...}}' \\
+    RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 \
+        --runtime-env-json '{"working_dir": "/path/to/repo", "excludes": [...], "env_vars": {...}}' \
         -- python -m study.run --dataset places_lt --storage s3://bucket/studies
 
 Token authentication stays on: the client sends the cluster's token (``RAY_AUTH_TOKEN``,
@@ -44,6 +44,7 @@ class ClusterError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m study.submit`` command line."""
     p = UsageParser(prog="python -m study.submit", description="Submit a study to a Ray cluster as a Ray job.",
                 usage="python -m study.submit --address http://HEAD:8265 [options] -- <study.run args>")
     p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"),
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split the command line at ``--`` into submit's own and study.run's arguments."""
     argv = list(argv)
     if "--" not in argv:
         raise UsageError("the study.run arguments must follow '--', e.g. "
@@ -87,6 +89,7 @@ def check_study_args(study_args: list[str]) -> None:
 
 
 def runtime_env(args: argparse.Namespace) -> dict[str, Any]:
+    """The job's runtime env: the code, the environment variables and any pip installs."""
     env_vars = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
     commit = git_commit()  # the shipped working_dir has no .git: hand the commit over
     if commit:
@@ -115,8 +118,11 @@ def runtime_env(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_token_file(path: str | None) -> str | None:
-    """``--token-file`` as an absolute path; a missing or empty file is a usage error here,
-    rather than Ray's multi-line one later."""
+    """Check ``--token-file`` and return it as an absolute path.
+
+    ``--token-file`` as an absolute path; a missing or empty file is a usage error here,
+    rather than Ray's multi-line one later.
+    """
     if path is None:
         return None
     token = Path(path).expanduser()
@@ -195,6 +201,7 @@ async def _follow(client: Any, job_id: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Submit the study as a Ray job and follow it; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if "--" not in argv and ("-h" in argv or "--help" in argv):

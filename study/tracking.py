@@ -118,8 +118,11 @@ def spec_params(spec: Any) -> dict[str, ParamValue]:
 
 
 def trial_params(config: Mapping[str, Any]) -> dict[str, ParamValue]:
-    """A trial's Tune config as tracker parameters: a ``TrialSpec`` (the study's ``{"spec": ...}``)
-    flattened by :func:`spec_params`, scalars kept, anything else as its ``str``."""
+    """A trial's Tune config as tracker parameters.
+
+    A trial's Tune config as tracker parameters: a ``TrialSpec`` (the study's ``{"spec": ...}``)
+    flattened by :func:`spec_params`, scalars kept, anything else as its ``str``.
+    """
     from study.records import TrialSpec  # only when a trial exists: the driver has imported it then
 
     out: dict[str, ParamValue] = {}
@@ -150,8 +153,11 @@ def mlflow_tracking_uri(results_dir: str | None) -> str:
 
 
 def wandb_dir(results_dir: str | None) -> str | None:
-    """The folder W&B writes its ``wandb/`` folder into: ``$WANDB_DIR``, else the study folder;
-    None (remote storage) leaves it to Tune's trial folder (synced with the experiment)."""
+    """The folder W&B writes into.
+
+    The folder W&B writes its ``wandb/`` folder into: ``$WANDB_DIR``, else the study folder;
+    None (remote storage) leaves it to Tune's trial folder (synced with the experiment).
+    """
     return os.environ.get("WANDB_DIR") or results_dir
 
 
@@ -224,8 +230,11 @@ def _wandb_class() -> type:
     from ray.air.integrations.wandb import WandbLoggerCallback
 
     class SpecWandbLoggerCallback(WandbLoggerCallback):
-        """Ray's W&B logger; the run's config is :func:`trial_params` (Ray's passes the spec
-        object, which W&B stores as one nested value)."""
+        """Ray's W&B logger with the spec's parameters as the run's config.
+
+        Ray's W&B logger; the run's config is :func:`trial_params` (Ray's passes the spec
+        object, which W&B stores as one nested value).
+        """
 
         def setup(self, *args: Any, **kwargs: Any) -> None:
             super().setup(*args, **kwargs)  # type: ignore[no-untyped-call]

@@ -63,7 +63,8 @@ def trial_storage_id(storage: optuna.storages.BaseStorage, study_name: str, numb
     """The storage-wide id of trial ``number`` of ``study_name`` (public BaseStorage methods).
 
     Optuna numbers trials per study but addresses them in the storage by an id of its own;
-    ``FrozenTrial._trial_id`` is private, these two lookups are the public way to it."""
+    ``FrozenTrial._trial_id`` is private, these two lookups are the public way to it.
+    """
     study_id = storage.get_study_id_from_name(study_name)
     return int(storage.get_trial_id_from_study_id_trial_number(study_id, number))
 
@@ -72,7 +73,8 @@ def attach_trial(study: optuna.Study, trial_id: int) -> optuna.trial.Trial:
     """A live trial handle on an existing (asked) trial: ``optuna.trial.Trial(study, trial_id)``.
 
     Stands in for keeping the ``Trial`` that ``Study.ask`` returned in a pickle: Optuna's public
-    constructor rebuilds the same handle from the storage, which holds all of its state."""
+    constructor rebuilds the same handle from the storage, which holds all of its state.
+    """
     return optuna.trial.Trial(study, trial_id)
 
 
@@ -108,7 +110,8 @@ def mlflow_trial_runs(callback: Any) -> dict[Any, str]:
     Stands in for: ``MLflowLoggerCallback.log_trial_start`` (public), which logs ``trial.config``
     as it is (our config is one ``spec`` object); logging the flat parameters instead means
     starting the run ourselves and registering it where Ray's ``log_trial_result`` and
-    ``log_trial_end`` look it up. Ray has no public accessor for that map."""
+    ``log_trial_end`` look it up. Ray has no public accessor for that map.
+    """
     runs: dict[Any, str] = callback._trial_runs
     return runs
 
@@ -126,7 +129,8 @@ def private_uses(root: Path) -> list[tuple[str, int, str]]:
     """(file, line, name) of every use of :data:`PRIVATE_NAMES` under ``root`` outside this module.
 
     A use is an attribute access (``x._name``) or a ``getattr`` string (``"_name"``); comments
-    are left out."""
+    are left out.
+    """
     out: list[tuple[str, int, str]] = []
     for path in sorted(root.rglob("*.py")):
         if path.resolve() == Path(__file__).resolve():

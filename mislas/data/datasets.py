@@ -53,8 +53,11 @@ class FileListDataset(Dataset[tuple[torch.Tensor, int]]):
 
 
 def as_torch_dataset(split: Split, transform: Transform | None) -> ArrayDataset | FileListDataset:
-    """A Dataset yielding ``(transform(image), int label)``; with the transforms of
-    :mod:`mislas.data.transforms` the image is a float CHW tensor, normalised."""
+    """Wrap a split as a torch Dataset.
+
+    A Dataset yielding ``(transform(image), int label)``; with the transforms of
+    :mod:`mislas.data.transforms` the image is a float CHW tensor, normalised.
+    """
     if isinstance(split, ArraySplit):
         return ArrayDataset(split, transform)
     if isinstance(split, FileListSplit):

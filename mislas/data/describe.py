@@ -83,6 +83,7 @@ class FileCheck:
 
     @property
     def bad(self) -> int:
+        """How many listed images are missing or do not decode."""
         return len(self.missing) + len(self.undecodable)
 
 
@@ -137,8 +138,11 @@ def check_images(
 
 
 def failure_line(out: dict[str, Any]) -> str | None:
-    """One line naming the first missing / undecodable images of a ``check_files`` result
-    and how many; ``None`` when every listed image decodes (or nothing was checked)."""
+    """Say what a file check found wrong, in one line.
+
+    One line naming the first missing / undecodable images of a ``check_files`` result
+    and how many; ``None`` when every listed image decodes (or nothing was checked).
+    """
     missing, undecodable = out.get("missing_count", 0), out.get("undecodable_count", 0)
     if not missing and not undecodable:
         return None
