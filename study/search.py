@@ -122,7 +122,7 @@ class MislasOptunaSearch:
         values = [result.get(m) for m in self.metrics] if result else None
         if status in ("stopped_early", "not_run"):
             self._tell(trial_id, trial, TrialState.PRUNED)
-        elif status == "failed" or values is None or any(v is None or _nan(v) for v in values):
+        elif status in ("failed", "diverged") or values is None or any(v is None or _nan(v) for v in values):
             self._tell(trial_id, trial, TrialState.FAIL)  # an error, a diverged setting, an undefined metric
         else:
             self._tell(trial_id, trial, TrialState.COMPLETE, values if len(values) > 1 else values[0])
@@ -163,10 +163,12 @@ def _nan(v: Any) -> bool:
 
 
 def _status(result: Mapping[str, Any] | None, error: bool) -> str:
-    """A finished member's status: failed (an error, diverged), not_run (removed while pending),
-    complete (``final = 1``: it ran all its epochs) or stopped_early (the scheduler stopped it)."""
-    if error or (result is not None and int(result.get("diverged", 0) or 0) == 1):
+    """A finished member's status: failed (an error), diverged (as its row), not_run (removed while
+    pending), complete (``final = 1``: it ran all its epochs) or stopped_early (the scheduler stopped it)."""
+    if error:
         return "failed"
+    if result is not None and int(result.get("diverged", 0) or 0) == 1:
+        return "diverged"
     if result is None:
         return "not_run"
     return "complete" if int(result.get("final", 0) or 0) == 1 else "stopped_early"

@@ -1,11 +1,13 @@
 """What the real-study tests share: starting a driver in a session of its own, waiting, killing
-that session, and the checks of a finished study's tables and journal (a helpers module: test
-modules import from here, never from each other)."""
+that session, the checks of a finished study's tables and journal, the package's wheel, and
+private Ray nodes (a helpers module: test modules import from here, never from each other)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -158,10 +160,59 @@ def check_optuna(results: Path, name: str, trials: pd.DataFrame) -> None:
     expected_state = {"complete": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED, "failed": TrialState.FAIL,
                       "diverged": TrialState.FAIL}
     for tid, t in by_ray.items():
-        # (the searcher, study.search, marks a diverged trial "failed" when it tells Optuna FAIL; a
-        # journal rebuilt from the rows takes the row's "diverged")
-        attrs = {"failed", "diverged"} if status[tid] == "diverged" else {status[tid]}
-        assert t.state == expected_state[status[tid]] and t.user_attrs["status"] in attrs
+        # the searcher (study.search) and a journal rebuilt from the rows both say the row's status
+        assert (t.state, t.user_attrs["status"]) == (expected_state[status[tid]], status[tid])
     pareto = {t.user_attrs["ray_trial_id"] for t in study.best_trials}
     assert pareto and pareto <= set(trials.loc[trials["status"] == "complete", "trial_id"])
     assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+# --- the package as a built wheel, and private Ray nodes ---------------------------------------
+
+WHEEL_SOURCES = ["pyproject.toml", "README.md", "mislas", "study", "search_spaces"]
+
+
+def quiet_pip(*args: str, cwd: Path, python: Path | None = None) -> None:
+    """This venv's pip, offline and without dependencies (``python``: install into that interpreter)."""
+    target = ["--python", str(python)] if python is not None else []
+    proc = subprocess.run([sys.executable, "-m", "pip", *target, *args, "--no-deps", "--no-index", "--quiet",
+                           "--disable-pip-version-check"], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def build_wheel(root: Path) -> Path:
+    """The package's wheel, built offline (no build isolation) from a copy of the sources under
+    ``root`` (the repository's tree is left alone); returns the wheel's path in ``root/dist``."""
+    src = root / "src"
+    src.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in WHEEL_SOURCES:
+        path = REPO / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=ignore)
+        else:
+            shutil.copy2(path, src / name)
+    quiet_pip("wheel", "--no-build-isolation", "-w", str(root / "dist"), str(src), cwd=root)
+    wheels = list((root / "dist").glob("mislas_study-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_block(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a ``ray start --block`` this test started, and only it: SIGTERM (it stops its own
+    node's processes), then SIGKILL whatever is left of its session (``ray stop`` would stop
+    every Ray node of the machine)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    kill_session(proc.pid)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import configparser
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,38 +19,22 @@ from pathlib import Path
 
 import pytest
 
+from tests.study.helpers import build_wheel, quiet_pip
+
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = ["pyproject.toml", "README.md", "mislas", "study", "search_spaces"]
 SCRIPTS = {"mislas-train": "mislas.train:main", "mislas": "mislas.__main__:main", "mislas-study": "study.run:main",
            "mislas-report": "study.report:main", "mislas-submit": "study.submit:main"}
 DATASETS = sorted(p.stem for p in (REPO / "search_spaces").glob("*.yaml"))
-
-
-def pip(*args: str, cwd: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pip", *args, "--no-deps", "--no-index", "--quiet",
-                           "--disable-pip-version-check"], cwd=cwd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the wheel, the folder it is installed into)."""
     root = tmp_path_factory.mktemp("install")
-    src = root / "src"
-    src.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in SOURCES:
-        path = REPO / name
-        if path.is_dir():
-            shutil.copytree(path, src / name, ignore=ignore)
-        else:
-            shutil.copy2(path, src / name)
-    pip("wheel", "--no-build-isolation", "-w", str(root / "dist"), str(src), cwd=root)
-    wheels = list((root / "dist").glob("mislas_study-*.whl"))
-    assert len(wheels) == 1, wheels
+    wheel = build_wheel(root)
     target = root / "site"
-    pip("install", "--target", str(target), str(wheels[0]), cwd=root)
-    return wheels[0], target
+    quiet_pip("install", "--target", str(target), str(wheel), cwd=root)
+    return wheel, target
 
 
 def run_outside(target: Path, cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:

@@ -68,18 +68,23 @@ def test_table6_first_on_every_seed_then_search_and_interleaved_baselines(tmp_pa
     assert searcher.suggest("t99") == Searcher.FINISHED
 
 
-def test_stopped_early_is_pruned_failed_is_failed_complete_is_complete(tmp_path: Path) -> None:
-    searcher = make(tmp_path, n_trials=3, seeds=(0,), baselines=0)
-    for i in range(3):
+def test_stopped_early_is_pruned_failed_and_diverged_are_failed_complete_is_complete(tmp_path: Path) -> None:
+    searcher = make(tmp_path, n_trials=5, seeds=(0,), baselines=0)
+    for i in range(5):
         searcher.suggest(f"t{i}")
     searcher.on_trial_complete("t0", report(10, True, val_acc=50.0, val_ece=3.0))
     searcher.on_trial_complete("t1", report(1, False, val_acc=30.0, val_ece=9.0))  # ASHA stop
     searcher.on_trial_complete("t2", None, error=True)
+    # diverged as study.trainable reports it: raised mid-training (NaN), or finite above the bound
+    searcher.on_trial_complete("t3", report(2, False, val_acc=float("nan"), val_ece=float("nan"), diverged=1))
+    searcher.on_trial_complete("t4", report(10, True, val_acc=10.0, val_ece=1.0, diverged=1))
     study = optuna.load_study(study_name="s:cifar10_lt",
                               storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log"))))
     states = {t.user_attrs["ray_trial_id"]: (t.state, t.user_attrs["status"]) for t in study.trials}
+    # the user attr is the row's status (study.schema), as in a journal rebuilt from the rows
     assert states == {"t0": (TrialState.COMPLETE, "complete"), "t1": (TrialState.PRUNED, "stopped_early"),
-                      "t2": (TrialState.FAIL, "failed")}
+                      "t2": (TrialState.FAIL, "failed"), "t3": (TrialState.FAIL, "diverged"),
+                      "t4": (TrialState.FAIL, "diverged")}
     assert [t.user_attrs["ray_trial_id"] for t in study.best_trials] == ["t0"]
 
 
