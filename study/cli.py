@@ -22,7 +22,7 @@ from mislas.data import DATASETS
 from mislas.errors import EXIT_USAGE, UsageError
 from study.schema import OBJECTIVES
 from study.settings import STUDY_KEYS, StudySettings, base_config, table6
-from study.space import default_space_file, load_space
+from study.space import default_space_file, load_space, read_space_text
 
 MIXUP_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
 # The backbone's BN in Stage 2 for cRT / LWS: "train" as Kang et al.'s code (BN statistics
@@ -195,7 +195,7 @@ def _space_files(paths: Sequence[str], datasets: Sequence[str]) -> dict[str, str
         if not Path(path).is_file():
             raise UsageError(f"--space: no such file: {path}")
         try:
-            raw = yaml.safe_load(Path(path).read_text())
+            raw = yaml.safe_load(read_space_text(path))
         except yaml.YAMLError:
             raw = None
         target = raw.get("dataset") if isinstance(raw, dict) else None
