@@ -7,16 +7,23 @@ side by side in one process (``python -m benchmarks.run --parts paper_scale --be
 - :class:`StackedHeadsBefore`: ``mislas.stacked.StackedHeads`` with the old forward (``baddbmm``
   against W transposed, so autograd copied the G×K×D gradient back each step) and the old SGD
   update (three G×K×D temporaries).
+- :func:`rebuild_unions_before`: ``study.results.rebuild_unions`` before it streamed: every
+  union read whole into memory (one ``pyarrow.dataset`` table), then serialised whole to bytes
+  and written (peak: about twice the union).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 
 from mislas.calibration import TEMPERATURE_BOUNDS, _grad_curv
 from mislas.stacked import StackedHeads
+from study import results
+from study.schema import TABLES
+from study.storage import Store
 
 
 def fit_temperature_before(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
@@ -76,3 +83,12 @@ class StackedHeadsBefore(StackedHeads):
             self.bufs[name].mul_(self.momentum[name].view(shape)).add_(d)
             p.sub_(self.lr[name].view(shape) * self.bufs[name])
             p.grad = None
+
+
+def rebuild_unions_before(store: Store, names: Sequence[str] = TABLES,
+                          say: Callable[[str], None] = print) -> dict[str, int]:
+    """The old union writer: all parts' rows of each table in memory, then one atomic write."""
+    tables, _ = results.load_parts(store, names, set_aside=True, say=say)
+    for name in names:
+        results.write_table(store, tables[name], f"{name}.parquet")
+    return {name: tables[name].num_rows for name in names}

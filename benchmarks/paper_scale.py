@@ -22,6 +22,11 @@ members (their heads and optimizers) exist, so it counts what stepping them adds
 stacked heads the stacked W, b and scale, their momentum, the gradient and any scratch; for the
 loop the members' gradients, momentum buffers and scratch.
 
+- The Parquet union of a study's parts (:func:`study.results.rebuild_unions`): seconds per
+  1,000 parts at K = 100 classes (each part: 1 trials row, 30 epochs, 100 classes, 2 × 15
+  reliability bins, 2 × 4 confidence rows; no per-image predictions), and the peak memory while
+  writing (the same RSS window), for ``union_parts`` parts on a local folder.
+
 ``before=True`` also runs the implementations issue 16 replaced (:mod:`benchmarks.legacy`) in
 the same process, interleaved, for the before/after figures.
 """
@@ -39,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.legacy import StackedHeadsBefore, fit_temperature_before
+from benchmarks.legacy import StackedHeadsBefore, fit_temperature_before, rebuild_unions_before
 from benchmarks.synthetic import trained_logits
 from mislas.calibration import _grad_curv, temperature_fit
 from mislas.data import lt_class_counts
@@ -211,16 +216,93 @@ def bench_temperature(n: int = INAT_VAL, k: int = INAT_CLASSES, *, before: bool 
     return out
 
 
+def synthetic_parts(root: Path, n: int, k: int = 100, *, epochs: int = 30, seed: int = 0) -> Any:
+    """``n`` complete parts of a K-class study under ``root`` (a :class:`study.storage.Store`), the
+    files written directly (no fsync: the union reads them as the driver's)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from study import results
+    from study.storage import Store
+
+    store = Store(str(root))
+    rng = np.random.default_rng(seed)
+    counts = list(lt_class_counts(k, 500, 100.0))
+    third = k // 3
+    splits = {"many": list(range(third)), "medium": list(range(third, 2 * third)), "few": list(range(2 * third, k))}
+    for i in range(n):
+        tid = f"t{i:05d}"
+        acc = rng.uniform(30, 60, k)
+        bins = [{"lower": b / 15, "upper": (b + 1) / 15, "count": int(c), "accuracy": float(a), "confidence": b / 15}
+                for b, (c, a) in enumerate(zip(rng.integers(0, 500, 15), rng.uniform(0, 1, 15)))]
+        quant = {s: {"count": 10, "mean": 0.5, "q05": 0.1, "q25": 0.3, "q50": 0.5, "q75": 0.7, "q95": 0.9}
+                 for s in ("all", *splits)}
+        tables = {
+            "trials": results.table("trials", [{"trial_id": tid, "study": "bench", "dataset": "cifar100_lt",
+                                                "method": "mislas", "mixup": True, "seed": 0, "status": "complete",
+                                                "val_acc": float(acc.mean()), "epochs_planned": epochs,
+                                                "epochs_run": epochs}]),
+            "epochs": results.table("epochs", results.epochs_rows(tid, [
+                {"epoch": e, "lr": 0.1, "classifier_lr": 0.05, "train_loss": 2.0, "wall_s": 1.0,
+                 "val": {"acc": float(acc.mean()), "ece": 5.0}} for e in range(1, epochs + 1)])),
+            "classes": results.table("classes", results.classes_rows(tid, counts, splits, acc, acc, acc, acc)),
+            "reliability": results.table("reliability", results.reliability_rows(tid, {"val": bins, "test": bins})),
+            "confidence": results.table("confidence", results.confidence_rows(tid, {"val": quant, "test": quant})),
+        }
+        folder = root / results.PARTS / tid
+        folder.mkdir(parents=True)
+        for name in ("epochs", "classes", "reliability", "confidence", "trials"):
+            pq.write_table(tables[name], folder / f"{name}.parquet")
+    return store
+
+
+def bench_union(n_parts: int = 1000, k: int = 100, *, before: bool = False) -> dict[str, Any]:
+    """Seconds and peak memory (bytes above the RSS at the start) of writing the unions of
+    ``n_parts`` K-class parts, streaming (and, ``before``, the old whole-table writer, on the
+    same parts), with the union's rows."""
+    import shutil
+    import tempfile
+
+    from study import results
+
+    root = Path(tempfile.mkdtemp(prefix="union-bench-"))
+    try:
+        t0 = time.perf_counter()
+        store = synthetic_parts(root, n_parts, k)
+        out: dict[str, Any] = {"parts": n_parts, "K": k, "make_parts_s": time.perf_counter() - t0}
+        kinds: dict[str, Callable[[], Any]] = {"after": lambda: results.rebuild_unions(store)}
+        if before:
+            kinds = {"before": lambda: rebuild_unions_before(store), **kinds}
+        for name, fn in kinds.items():
+            rows: dict[str, int] = {}
+            clock = _Clock()
+
+            def window(fn: Callable[[], Any] = fn, rows: dict[str, int] = rows, clock: _Clock = clock) -> None:
+                with clock:
+                    rows.update(fn())
+
+            peak = peak_window(window)
+            out[name] = {"s": clock.wall, "cpu_s": clock.cpu, "s_per_1k_parts": clock.wall * 1000 / n_parts,
+                         "peak_bytes": peak, "rows": rows}
+        out["union_bytes"] = sum((root / f"{t}.parquet").stat().st_size for t in results.TABLES)
+        return out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def paper_scale(*, before: bool = False) -> dict[str, Any]:
     """Both benchmarks, with the figures issue 16 names at the top level."""
     st = bench_stacked(before=before)
     tf = bench_temperature(before=before)
+    un = bench_union(before=before)
     flat: dict[str, Any] = {
         "stacked_vs_loop_2048x1000_g16": st["stacked_vs_loop"],
         "stacked_peak_copies_2048x1000_g16": st["peak_copies"]["stacked"],
         "loop_peak_copies_2048x1000_g16": st["peak_copies"]["loop"],
         "tf_passes_inat": tf["passes"],
         "tf_s_per_softmax_inat": tf["s_per_softmax"],
+        "union_s_per_1k_parts_k100": un["after"]["s_per_1k_parts"],
+        "union_peak_bytes_k100": un["after"]["peak_bytes"],
     }
     if before:
         flat.update({
@@ -228,5 +310,7 @@ def paper_scale(*, before: bool = False) -> dict[str, Any]:
             "stacked_peak_copies_2048x1000_g16_before": st["peak_copies"]["stacked_before"],
             "tf_passes_inat_before": tf["before"]["passes"],
             "tf_s_per_softmax_inat_before": tf["before"]["s_per_softmax"],
+            "union_s_per_1k_parts_k100_before": un["before"]["s_per_1k_parts"],
+            "union_peak_bytes_k100_before": un["before"]["peak_bytes"],
         })
-    return {**flat, "stacked": st, "temperature": tf}
+    return {**flat, "stacked": st, "temperature": tf, "union": un}

@@ -12,6 +12,7 @@ read as its trials will read it (weights-only, its data and recipe checked).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -53,6 +54,54 @@ def check_stage1_checkpoint(path: str, data: LTData, cfg: RunConfig) -> None:
         load_any_stage1(path, data, cfg, torch.device("cpu"))
     except UsageError as exc:
         raise UsageError(f"--stage1-checkpoint: {exc}") from None
+
+
+STORAGE_ALLOWED = "a folder this user can write (created if missing), an NFS path or an s3:// / gs:// URI"
+
+
+def _study_json_problem(text: bytes) -> str | None:
+    """Why the bytes are not a study.json that study.run wrote (a JSON object with an identity)."""
+    try:
+        saved = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno}: truncated?)"
+    if not isinstance(saved, dict) or not isinstance(saved.get("identity"), dict):
+        return "not a JSON object with the study's identity"
+    return None
+
+
+def check_storage(s: StudySettings) -> None:
+    """The storage is usable and an existing study's study.json reads back, before Ray starts
+    and before anything is written: a file given as ``--storage``, a folder this process cannot
+    write (probed by writing, not by its mode) or a damaged study.json is one line, and the
+    study folder is left as it is (study.json records the settings a resume is checked against,
+    so a damaged one is never replaced)."""
+    from study.storage import StorageError, Store, write_problem
+
+    try:
+        store = Store(s.storage)
+    except StorageError as exc:
+        raise UsageError(f"--storage: {exc}; allowed: {STORAGE_ALLOWED}") from None
+    results = store.child(s.name)
+    if store.local:
+        for folder in (store.local_path(), results.local_path()):
+            if folder.exists() and not folder.is_dir():
+                raise UsageError(f"--storage {s.storage}: {folder} is a file, not a folder; allowed: "
+                                 f"{STORAGE_ALLOWED}")
+        problem = write_problem(results.local_path())
+        if problem is not None:
+            raise UsageError(f"--storage {s.storage}: {problem}; allowed: {STORAGE_ALLOWED}")
+    if not results.exists("study.json"):
+        return
+    try:
+        problem = _study_json_problem(results.read_bytes("study.json"))
+    except OSError as exc:
+        problem = f"cannot read it ({type(exc).__name__}: {exc})"
+    if problem is not None:
+        raise UsageError(f"{results.uri('study.json')}: {problem}; it holds the settings a resume is checked "
+                         f"against: restore it, or pick a new --name")
 
 
 def check_data(s: StudySettings) -> dict[str, str]:

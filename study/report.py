@@ -5,7 +5,9 @@ study.run --storage`` takes them (``s3://bucket/studies/NAME``; ``gs://``, ``moc
 pyarrow's file systems). Reads only the study's Parquet tables (the union tables, or ``parts/``
 while they are missing or older than the parts), study.json and optuna.log (see
 docs/results-schema.md); writes nothing to the study. Exit status 2, with one line, when the
-location cannot be opened or holds no study, or a format is unknown; 1 when it cannot be read.
+location cannot be opened, holds no study or a damaged one (a union table that does not read
+back, or is not ours, with no part to read instead), or a format is unknown; 1, with one line,
+when it cannot be read or the output folder cannot be written ("cannot write").
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from study.reporting import FORMATS, NoStudyError, ReportResult, UnknownFormatError
 from study.reporting.build import build_report
-from study.storage import StorageError, is_uri
+from study.storage import StorageError, is_uri, write_problem
 
 __all__ = ["ReportResult", "build_report", "main"]
 
@@ -28,6 +30,14 @@ def default_out(location: str) -> Path:
     if is_uri(location):
         return Path(f"report-{posixpath.basename(location.rstrip('/')) or 'study'}")
     return Path(location) / "report"
+
+
+def _below(filename: object, folder: Path) -> bool:
+    """Whether an OSError's file is the output folder or inside it (a write failure, not a read)."""
+    if not isinstance(filename, (str, Path)):
+        return False
+    path, top = Path(filename).resolve(), folder.resolve()
+    return path == top or top in path.parents
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,13 +56,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     out = args.out if args.out is not None else default_out(args.study_dir)
+    problem = write_problem(out)  # before the study is read: nothing is computed in vain
+    if problem is not None:
+        print(f"study.report: cannot write the report in {out}: {problem} (--out: a folder this user can write)",
+              file=sys.stderr)
+        return 1
     try:
         result = build_report(args.study_dir, out, formats)
     except (NoStudyError, UnknownFormatError, StorageError) as exc:
         print(f"study.report: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # a file that vanished, a store that stopped answering
-        print(f"study.report: cannot read {args.study_dir}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except OSError as exc:  # a file that vanished, a store that stopped answering, a full disk
+        if _below(exc.filename, out):
+            print(f"study.report: cannot write {exc.filename}: {exc.strerror or type(exc).__name__}", file=sys.stderr)
+        else:
+            print(f"study.report: cannot read {args.study_dir}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     for path in result.files:
         if path.suffix != ".png":

@@ -7,8 +7,9 @@ Layout under ``<storage>/<name>/`` (docs/results-schema.md documents every colum
   part without it is ignored (and rewritten). A part, once complete, is never rewritten, so
   rows written before a crash stay byte-for-byte unchanged.
 * ``trials.parquet``, ``epochs.parquet``, ``classes.parquet``, ``reliability.parquet``,
-  ``confidence.parquet`` -- the union of the complete parts, written atomically (temporary
-  file + rename, or one PUT on an object store) when the study ends (and on a resume's
+  ``confidence.parquet``, ``predictions.parquet`` -- the union of the complete parts, written
+  streaming (batch by batch, bounded memory) and atomically (temporary file + rename, or one
+  upload on an object store) when the study ends (and on a resume's
   end), not after every trial: rewriting them per trial would cost O(trials²) reads. While
   a study runs they are missing or older than ``parts/``; readers (a resume, the report) then
   read ``parts/`` itself, as one ``pyarrow.dataset`` of the complete parts' files.
@@ -24,7 +25,9 @@ study modules that do (no torch, Ray or ``mislas``): the report reads parts thro
 from __future__ import annotations
 
 import io
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -235,24 +238,7 @@ def load_parts(store: Store, names: Sequence[str] = TABLES, *, set_aside: bool =
     it (the report, a reader) only reported back. Returns ``({table: rows}, {row id: {file: error}})``.
     """
     files = part_files(store) if files is None else files
-    ids = complete_parts(store, files)
-    tables: dict[str, pa.Table] = {}
-    damaged: dict[str, dict[str, Exception]] = {}
-    for name in names:
-        file = f"{name}.parquet"
-        paths = {store.path(PARTS, t, file): t for t in ids if file in files[t]}
-        try:
-            tables[name] = _dataset_table(store, name, list(paths))
-        except (pa.ArrowException, OSError, ValueError):
-            found = False
-            for path, t in paths.items():  # find which files: read each alone
-                exc = _unreadable(store, path)
-                if exc is not None:
-                    damaged.setdefault(t, {})[file] = exc
-                    found = True
-            if not found:
-                raise  # not a file's content: an I/O problem
-            tables[name] = _dataset_table(store, name, [p for p, t in paths.items() if t not in damaged])
+    tables, damaged = _read_checked(store, names, files)
     if damaged:
         for t, bad in sorted(damaged.items()):
             if set_aside:
@@ -266,6 +252,26 @@ def load_parts(store: Store, names: Sequence[str] = TABLES, *, set_aside: bool =
     return tables, damaged
 
 
+def _read_checked(store: Store, names: Sequence[str], files: Mapping[str, Mapping[str, Any]]
+                  ) -> tuple[dict[str, pa.Table], dict[str, dict[str, Exception]]]:
+    """Each table of the complete parts, the damaged parts' files found and left out of it."""
+    tables: dict[str, pa.Table] = {}
+    damaged: dict[str, dict[str, Exception]] = {}
+    for name in names:
+        file = f"{name}.parquet"
+        paths = _union_paths(store, name, files)
+        try:
+            tables[name] = _dataset_table(store, name, list(paths))
+        except (pa.ArrowException, OSError, ValueError):
+            bad = _find_damaged(store, paths)  # which files: each read alone
+            if not bad:
+                raise  # not a file's content: an I/O problem
+            for path, exc in bad.items():
+                damaged.setdefault(paths[path], {})[file] = exc
+            tables[name] = _dataset_table(store, name, [p for p, t in paths.items() if t not in damaged])
+    return tables, damaged
+
+
 def check_parts(store: Store, say: Callable[[str], None] = _say) -> list[str]:
     """Set aside every complete part with a file that does not read back (a resume does this
     before Tune restores its trials); returns their row ids."""
@@ -273,13 +279,101 @@ def check_parts(store: Store, say: Callable[[str], None] = _say) -> list[str]:
     return sorted(damaged)
 
 
+ROW_GROUP_ROWS = 1024 * 1024
+"""Rows per row group of a union (pyarrow's ``write_table`` default, so that a union written in
+batches has the row groups, and for small studies the bytes, of one written whole)."""
+
+SCAN_BATCH_ROWS = 64 * 1024  # rows per batch read from the parts while a union is written
+
+
+def _stream_union(store: Store, name: str, paths: Sequence[str], sink: Any) -> int:
+    """Write the parts' files of table ``name`` to ``sink`` (a local file path) as one Parquet
+    file, batch by batch; returns its rows. Memory: one row group being built (at most
+    :data:`ROW_GROUP_ROWS` rows) and the scanner's read-ahead, whatever the number of parts."""
+    schema = SCHEMAS[name]
+    rows = 0
+    with pq.ParquetWriter(sink, schema) as writer:
+        if name == "trials":  # one row per part, sorted: read whole (10k parts: a few MB)
+            tbl = _dataset_table(store, name, paths)
+            if tbl.num_rows:
+                tbl = tbl.sort_by([("started_at", "ascending"), ("trial_id", "ascending")])
+            writer.write_table(tbl, row_group_size=ROW_GROUP_ROWS)
+            return int(tbl.num_rows)
+        pending: list[pa.RecordBatch] = []
+        held = 0
+        batches = (ds.dataset(list(paths), schema=schema, format="parquet", filesystem=store.fs)
+                   .to_batches(batch_size=SCAN_BATCH_ROWS) if paths else iter(()))
+        for batch in batches:
+            pending.append(batch)
+            held += batch.num_rows
+            while held >= ROW_GROUP_ROWS:  # a full row group: write it, keep the rest
+                tbl = pa.Table.from_batches(pending, schema=schema)
+                writer.write_table(tbl.slice(0, ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS)
+                rest = tbl.slice(ROW_GROUP_ROWS)
+                pending, held = rest.to_batches(), rest.num_rows
+                rows += ROW_GROUP_ROWS
+        if held or not rows:  # (an empty union still gets its one empty row group, as write_table gives)
+            writer.write_table(pa.Table.from_batches(pending, schema=schema), row_group_size=ROW_GROUP_ROWS)
+            rows += held
+    return rows
+
+
+def _union_paths(store: Store, name: str, files: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """``{path on the store's fs: row id}`` of the complete parts' files of table ``name``."""
+    file = f"{name}.parquet"
+    return {store.path(PARTS, t, file): t for t in complete_parts(store, files) if file in files[t]}
+
+
+def _find_damaged(store: Store, paths: Mapping[str, str]) -> dict[str, Exception]:
+    """``{path: error}`` of the files that do not read back (each read alone, one at a time)."""
+    return {path: exc for path in paths if (exc := _unreadable(store, path)) is not None}
+
+
 def rebuild_unions(store: Store, names: Sequence[str] = TABLES, say: Callable[[str], None] = _say) -> dict[str, int]:
-    """Write the union tables from the complete parts (read as one dataset per table);
-    returns rows per table. Damaged parts are set aside (see :func:`load_parts`)."""
-    tables, _ = load_parts(store, names, set_aside=True, say=say)
-    for name in names:
-        write_table(store, tables[name], f"{name}.parquet")
-    return {name: tables[name].num_rows for name in names}
+    """Write the union tables from the complete parts, streaming: each union is written batch
+    by batch to a temporary file beside it (or, on an object store, a local one then copied up in
+    one upload) and renamed over the old one, so memory stays bounded by a row group however
+    many parts there are, and a reader sees the old union or the new one. Returns rows per table.
+
+    A part with a file that does not read back is set aside (see :func:`set_aside_part`) and
+    left out of every union (its rows belong together): the unions are then written again
+    without it."""
+    store.makedirs()
+    for _ in range(2):  # a second pass only when damaged parts were found (and set aside)
+        files = part_files(store)
+        damaged: dict[str, dict[str, Exception]] = {}
+        counts: dict[str, int] = {}
+        with tempfile.TemporaryDirectory(prefix=".union-", dir=store.local_path() if store.local else None) as tmp:
+            for name in names:
+                paths = _union_paths(store, name, files)
+                try:
+                    counts[name] = _stream_union(store, name, list(paths), os.path.join(tmp, f"{name}.parquet"))
+                except (pa.ArrowException, OSError, ValueError):
+                    bad = _find_damaged(store, paths)
+                    if not bad:
+                        raise  # not a file's content: an I/O problem
+                    for path, exc in bad.items():
+                        damaged.setdefault(paths[path], {})[f"{name}.parquet"] = exc
+            if damaged:
+                for t, bad_files in sorted(damaged.items()):
+                    set_aside_part(store, t, bad_files, list(files[t]), say)
+                continue
+            for name in names:
+                _commit_union(store, os.path.join(tmp, f"{name}.parquet"), f"{name}.parquet")
+        return counts
+    raise RuntimeError("the parts changed while the unions were written")  # (set aside twice: a second writer)
+
+
+def _commit_union(store: Store, local: str, file: str) -> None:
+    """Put the finished union in place: a rename (atomic) beside it, or one streamed upload."""
+    if store.local:
+        with open(local, "rb+") as fh:  # (pyarrow created it as a plain open does, under the umask)
+            os.fsync(fh.fileno())
+        os.replace(local, store.path(file))
+        return
+    with open(local, "rb") as src, store.fs.open_output_stream(store.path(file)) as dst:  # one upload on close
+        while chunk := src.read(8 << 20):
+            dst.write(chunk)
 
 
 def unions_current(store: Store, files: Mapping[str, Mapping[str, Any]] | None = None) -> bool:

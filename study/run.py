@@ -36,8 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = validate(args)
         from study.driver import run_study
-        from study.preflight import check_data
+        from study.preflight import check_data, check_storage
 
+        check_storage(settings)
         fingerprints: dict[str, str] = {}
         if settings.address is None or "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
             # (a driver on a laptop joining a cluster may not see the cluster's data: its trials check it)

@@ -157,6 +157,29 @@ def default_space_file(dataset: str) -> Path:
     return SPACE_DIR / f"{dataset}.yaml"
 
 
+MAX_SPACE_BYTES = 1 << 20
+"""The largest search-space file read (1 MiB): a real one is a few hundred bytes, and a larger
+file (a data file given by mistake) is refused before YAML parses it into memory."""
+
+
+def read_space_text(path: str | Path) -> str:
+    """The file's text: UTF-8 and at most :data:`MAX_SPACE_BYTES`, else one :class:`UsageError` line."""
+    where = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SPACE_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read search space file ({exc.strerror or exc})") from None
+    if len(data) > MAX_SPACE_BYTES:
+        raise UsageError(f"{where}: search space file larger than {MAX_SPACE_BYTES >> 20} MiB; allowed: a small "
+                         f"YAML file (search_spaces/*.yaml are under 2 KiB)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{where}: search space file is not UTF-8 text (byte {exc.start}: "
+                         f"{data[exc.start:exc.start + 1]!r}); allowed: a UTF-8 YAML file") from None
+
+
 def load_space(path: str | Path, *, dataset: str | None = None, table6: Stage2Setting | None = None) -> SearchSpace:
     """Read and validate a space file; every problem raises a one-line :class:`UsageError`.
 
@@ -165,10 +188,7 @@ def load_space(path: str | Path, *, dataset: str | None = None, table6: Stage2Se
     """
     path = Path(path)
     where = str(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UsageError(f"{where}: cannot read search space file ({exc.strerror or exc})") from None
+    text = read_space_text(path)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -233,23 +253,28 @@ def _number(value: Any, where: str, key: str) -> float:
     return v
 
 
+def _float_range(value: Mapping[str, Any], where: str, key: str) -> FloatParam:
+    """``{low, high[, log]}``: a searched float range."""
+    for sub in value:
+        if sub not in ("low", "high", "log"):
+            raise UsageError(f"{where}: {key}.{sub}: unknown key; allowed: low, high, log")
+    for sub in ("low", "high"):
+        if sub not in value:
+            raise UsageError(f"{where}: {key}.{sub}: key is required in a range")
+    low = _number(value["low"], where, f"{key}.low")
+    high = _number(value["high"], where, f"{key}.high")
+    log = value.get("log", False)
+    if not isinstance(log, bool):
+        raise UsageError(f"{where}: {key}.log: must be true or false, got {log!r}")
+    if low > high:
+        raise UsageError(f"{where}: {key}: low <= high must hold, but got low={low:g}, high={high:g}")
+    return FloatParam(low, high, log, fixed=False)
+
+
 def _float_param(value: Any, where: str, key: str, *, lo: float | None = None, hi_open: float | None = None,
                  positive: bool = False) -> FloatParam:
     if isinstance(value, Mapping):
-        for sub in value:
-            if sub not in ("low", "high", "log"):
-                raise UsageError(f"{where}: {key}.{sub}: unknown key; allowed: low, high, log")
-        for sub in ("low", "high"):
-            if sub not in value:
-                raise UsageError(f"{where}: {key}.{sub}: key is required in a range")
-        low = _number(value["low"], where, f"{key}.low")
-        high = _number(value["high"], where, f"{key}.high")
-        log = value.get("log", False)
-        if not isinstance(log, bool):
-            raise UsageError(f"{where}: {key}.log: must be true or false, got {log!r}")
-        if low > high:
-            raise UsageError(f"{where}: {key}: low <= high must hold, but got low={low:g}, high={high:g}")
-        param = FloatParam(low, high, log, fixed=False)
+        param = _float_range(value, where, key)
         names = (f"{key}.low", f"{key}.high")
     else:
         v = _number(value, where, key)

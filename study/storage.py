@@ -24,6 +24,7 @@ import os
 import posixpath
 import secrets
 import socket
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +53,24 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     from mislas.atomic import write_atomic as write
 
     write(path, data)
+
+
+def write_problem(folder: str | os.PathLike[str]) -> str | None:
+    """Why nothing can be written in the local ``folder`` or below it, or None. Checked by
+    writing (and removing) a probe file in the deepest folder that exists: its mode alone does
+    not say (root writes where the mode forbids; a read-only mount refuses root too)."""
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not path.is_dir():
+        return f"{path} is a file, not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+    except OSError as exc:
+        return f"cannot write in {path} ({exc.strerror or type(exc).__name__})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 def stamp() -> str:

@@ -63,6 +63,16 @@ class NoStudyError(Exception):
     """The directory holds no study (no trials.parquet)."""
 
 
+class DamagedStudyError(NoStudyError):
+    """A table the report needs does not read back, or is not one of ours (its columns), and no
+    complete part holds its rows: one line naming the file (``study.report`` exits 2)."""
+
+
+# the columns without which a file is not the study's table of that name (a table written by an
+# older schema lacks some of the others, which are then null)
+KEY_COLUMNS = {"trials": ("trial_id", "dataset", "method", "status")}
+
+
 @dataclass(frozen=True)
 class OptunaInfo:
     """The persisted Optuna studies (the study runner keeps one per data set, ``NAME:dataset``, in
@@ -101,20 +111,40 @@ def _with_columns(frame: pd.DataFrame, file: str, columns: tuple[str, ...], note
 
 
 def _read_table(store: Store, file: str, columns: tuple[str, ...], notes: list[str]) -> pd.DataFrame:
-    """A Parquet table with at least ``columns``; empty (with a note) if the file is absent."""
+    """A Parquet table with at least ``columns``; empty (with a note) if the file is absent;
+    :class:`DamagedStudyError` if it does not read back or lacks its table's key columns."""
     if not store.exists(file):
         notes.append(f"{file} not found: the sections that need it are left out.")
         return pd.DataFrame({name: pd.Series(dtype=object) for name in columns})
-    return _with_columns(pd.read_parquet(io.BytesIO(store.read_bytes(file))), file, columns, notes)
+    data = store.read_bytes(file)  # (an I/O error propagates: the study is not damaged)
+    try:
+        frame = pd.read_parquet(io.BytesIO(data))
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        first = str(exc).splitlines()[0][:80] if str(exc) else ""
+        raise DamagedStudyError(f"{store.uri(file)} does not read back as Parquet ({type(exc).__name__}: {first}) "
+                                f"(allowed: the table study.run wrote, or its parts/)") from None
+    name = file.removesuffix(".parquet")
+    key = KEY_COLUMNS.get(name, ("trial_id",))
+    if any(c not in frame.columns for c in key):
+        found = ", ".join(map(str, frame.columns[:4])) + (", ..." if len(frame.columns) > 4 else "")
+        raise DamagedStudyError(f"{store.uri(file)}: not a study's {name} table (columns {found or 'none'}; "
+                                f"expected {', '.join(key)}, ...: docs/results-schema.md)")
+    return _with_columns(frame, file, columns, notes)
 
 
 def _read_tables(store: Store, notes: list[str]) -> dict[str, pd.DataFrame]:
-    """The five tables: the unions if they are current (or there are no parts), else ``parts/``."""
+    """The five tables: the unions if they are current (or there are no parts), else ``parts/``
+    (also where a union is damaged but complete parts hold its rows)."""
     files = results.part_files(store)
     ids = results.complete_parts(store, files)
     wanted = {name: schema.columns(name) for name in schema.TABLES}
     if not ids or results.unions_current(store, files):
-        return {name: _read_table(store, f"{name}.parquet", cols, notes) for name, cols in wanted.items()}
+        try:
+            return {name: _read_table(store, f"{name}.parquet", cols, notes) for name, cols in wanted.items()}
+        except DamagedStudyError as exc:
+            if not ids:
+                raise
+            notes.append(f"{exc}: read from parts/ instead.")
     tables, damaged = results.load_parts(store, set_aside=False)
     state = "older than" if store.exists(TRIALS_FILE) else "missing beside"
     notes.append(f"The union tables are {state} {len(ids)} complete parts: read from parts/ (a study still "

@@ -70,6 +70,34 @@ def test_parts_written_once_and_unions_rebuilt(tmp_path: Path, location: str) ->
         assert pq.read_table(tmp_path / "study" / "classes.parquet").num_rows == 6
 
 
+@pytest.mark.parametrize("location", ["local", "mock"])
+def test_unions_stream_in_row_groups(tmp_path: Path, location: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written batch by batch (row groups of 5 rows here), a union holds the parts' rows in order:
+    the same table as the parts read one by one and concatenated (trials sorted by start)."""
+    import pyarrow as pa
+
+    store = Store(str(tmp_path / "study")) if location == "local" else Store(f"mock:///{uuid.uuid4().hex}/study")
+    ids = [f"t{i:02d}" for i in range(23)]
+    for i, tid in enumerate(reversed(ids)):
+        results.write_part(store, tid, part(tid, float(i)))
+    monkeypatch.setattr(results, "ROW_GROUP_ROWS", 5)
+    monkeypatch.setattr(results, "SCAN_BATCH_ROWS", 3)
+    counts = results.rebuild_unions(store)
+    for name in ("epochs", "classes", "reliability"):
+        expected = pa.concat_tables([results.read_part(store, t, name) for t in ids])  # sorted row ids
+        union = results.read_table(store, f"{name}.parquet")
+        assert union.equals(expected) and counts[name] == expected.num_rows
+        meta = pq.ParquetFile(store.fs.open_input_file(store.path(f"{name}.parquet"))).metadata
+        assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == (
+            [5] * (expected.num_rows // 5) + ([expected.num_rows % 5] if expected.num_rows % 5 else []))
+    trials = results.read_table(store, "trials.parquet")
+    assert trials["trial_id"].to_pylist() == ids  # same start time: by row id
+    assert results.read_table(store, "predictions.parquet").num_rows == 0
+    assert results.unions_current(store)
+    if location == "local":
+        assert [p.name for p in (tmp_path / "study").iterdir() if p.name.startswith(".")] == []
+
+
 def test_store_paths(tmp_path: Path) -> None:
     local = Store(str(tmp_path / "x"))
     assert local.local and local.uri("a", "b") == str(tmp_path / "x" / "a" / "b")
