@@ -59,11 +59,18 @@ def _member_files(trial: Any, k: int) -> tuple[MemberOutcome | None, dict[str, A
 
 
 def error_text(trial: Any) -> str:
-    """The last line of a failed trial's error (the exception), for the row."""
+    """The last line of a failed trial's error (the exception), for the row: from the study's
+    storage, or from the driver's local copy Tune writes first (``Trial.error_file``), which is
+    all there is when the storage is full."""
     try:
-        text = trial.get_error() or ""
+        text = str(trial.get_error() or "")
     except Exception:  # the error file may be gone
         text = ""
+    if not text.strip():
+        try:
+            text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
+        except (OSError, AttributeError, TypeError):
+            text = ""
     lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
     return (lines[-1] if lines else "trial failed")[:2000]
 

@@ -355,6 +355,7 @@ def _run_planned(s: StudySettings, storage: Store, results: Store, saved: dict[s
     t_start = time.perf_counter()
     local_cache = Path(os.path.expanduser("~/.cache/mislas-study")) / s.name
     plan = prepare(s, storage, results, saved, local_cache)
+    resume.reset_storage_faults()
     started_ray, ray_init_s = init_ray(s.address, s.num_cpus)
     timings = {"ray_init_s": ray_init_s if joined_s is None else joined_s}
     previous_sigterm = sigterm_as_ctrl_c()
@@ -369,7 +370,11 @@ def _run_planned(s: StudySettings, storage: Store, results: Store, saved: dict[s
         ctx, record_ctx = contexts(s, storage, results, placement, plan, local_cache)
         tuner = build_tuner(s, results, plan, ctx, record_ctx, placement, local_cache)
         t_fit = time.perf_counter()
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        except Exception:  # e.g. Tune reading back the error files a full disk left empty
+            if resume.storage_fault() is None:
+                raise
         if (where := resume.storage_fault()) is not None:
             return no_space(results, where)
         timings.update(stage1_phase_s=phase.wall_s, stage1_phase_trainings=phase.trained,

@@ -69,6 +69,11 @@ def note_storage_fault(where: str) -> None:
         os.kill(os.getpid(), signal.SIGINT)
 
 
+def reset_storage_faults() -> None:
+    """Forget the faults of an earlier run in this process (a driver called twice in one process)."""
+    _FAULTS.clear()
+
+
 def storage_fault() -> str | None:
     """Where the first full disk of this run was met (None: none)."""
     return _FAULTS[0] if _FAULTS else None

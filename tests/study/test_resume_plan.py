@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mislas.errors import UsageError
-from study import resume, results
+from study import results, resume
 from study.resume import ResumePlan
 from study.storage import Store
 from study.trainable import stored_report
