@@ -7,7 +7,9 @@ last checkpoint (folder ``g<k>/``, see study.trainable), build its row with
 touched here (rewriting them after every trial costs O(trials²)): the driver writes them when
 the study ends, and readers meanwhile read ``parts/`` (study.results). A part is written
 once: a trial reported again after a resume leaves its rows untouched, and a group recorded
-in part before a crash gets only its missing members written.
+in part before a crash gets only its missing members written. After each trial recorded, a
+whole copy of Tune's state is kept (study.resume.keep_whole_state); a full disk, met here or
+by a trial, writes no row and stops the study (study.resume.note_storage_fault).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from ray import tune
 
-from study import results
+from study import results, resume
 from study.groups import member_result
 from study.outcome import OUTCOME, MemberOutcome, trial_row
 from study.records import TrialSpec
@@ -57,11 +59,18 @@ def _member_files(trial: Any, k: int) -> tuple[MemberOutcome | None, dict[str, A
 
 
 def error_text(trial: Any) -> str:
-    """The last line of a failed trial's error (the exception), for the row."""
+    """The last line of a failed trial's error (the exception), for the row: from the study's
+    storage, or from the driver's local copy Tune writes first (``Trial.error_file``), which is
+    all there is when the storage is full."""
     try:
-        text = trial.get_error() or ""
+        text = str(trial.get_error() or "")
     except Exception:  # the error file may be gone
         text = ""
+    if not text.strip():
+        try:
+            text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
+        except (OSError, AttributeError, TypeError):
+            text = ""
     lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
     return (lines[-1] if lines else "trial failed")[:2000]
 
@@ -73,10 +82,30 @@ class ResultsCallback(tune.Callback):
         self.ctx = ctx
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.record(trial, error=None)
+        self._guarded(trial, None)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.record(trial, error=error_text(trial))
+        error = error_text(trial)
+        if resume.is_no_space(error):  # a full disk is no result of the trial: no row, the study stops
+            resume.note_storage_fault(self.ctx.results_location)
+            return
+        self._guarded(trial, error)
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """A trial that will be retried: a full disk fails every retry, so the study stops at once."""
+        if resume.is_no_space(error_text(trial)):
+            resume.note_storage_fault(self.ctx.results_location)
+
+    def _guarded(self, trial: Any, error: str | None) -> None:
+        """Record the trial and keep a whole copy of Tune's state (study.resume); a full disk
+        stops the study (one line from the driver, the rows written before it stay)."""
+        try:
+            if self.record(trial, error=error):
+                resume.keep_whole_state(Store(self.ctx.results_location))
+        except OSError as exc:
+            if not resume.is_no_space(exc):
+                raise
+            resume.note_storage_fault(exc.filename if isinstance(exc.filename, str) else self.ctx.results_location)
 
     def record(self, trial: Any, *, error: str | None) -> bool:
         store = Store(self.ctx.results_location)

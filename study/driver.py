@@ -13,21 +13,34 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mislas.errors import UsageError
-from study import journal
+from study import journal, resume
 from study.nodecheck import check_nodes, check_stage1_gpus
+from study.resume import ResumePlan, journal_spec
 from study.runtime import join_cluster
 from study.settings import StudySettings, canonical_overrides
 from study.storage import LockHeld, StorageError, Store, StudyLock
 from study.tune_adapter import cluster_resources
 
 if TYPE_CHECKING:
+    from study.callbacks import RecordContext
     from study.stage1_phase import PhaseResult
+    from study.trainable import TrialContext
+
+__all__ = ["ResumePlan", "check_study_json", "journal_spec", "run_study"]
+
+
+def tune_objective(s: StudySettings) -> tuple[str | list[str], str | list[str]]:
+    """The objectives (``s.metric``, ``s.mode``: always tuples) as Tune's ``Searcher`` spells
+    them: a string for one objective, a list for several."""
+    if len(s.metric) == 1:
+        return s.metric[0], s.mode[0]
+    return list(s.metric), list(s.mode)
 
 
 def make_searcher(s: StudySettings, journal_file: Path) -> Any:
@@ -46,8 +59,9 @@ def make_searcher(s: StudySettings, journal_file: Path) -> Any:
                                           sampler_seed=s.sampler_seed + i, study_name=names[d],
                                           storage=storage)
         table6s[d] = table6(d, s.imb_factor)
+    metric, mode = tune_objective(s)
     return StudySearcher(searchers=searchers, n_trials={d: s.trials for d in searchers}, seeds=s.seeds,
-                         table6=table6s, spaces=s.spaces, fixed=s.fixed_trials(), metric=s.metric, mode=s.mode,
+                         table6=table6s, spaces=s.spaces, fixed=s.fixed_trials(), metric=metric, mode=mode,
                          study_names=names, group_size=s.group_size, confirm_seeds=s.confirm_seeds(),
                          journal_file=str(journal_file))
 
@@ -59,10 +73,8 @@ def make_scheduler(s: StudySettings) -> Any:
 
     if s.scheduler == "fifo":
         return FIFOScheduler()  # type: ignore[no-untyped-call]
-    metric = s.metric[0] if isinstance(s.metric, list) else s.metric
-    mode = s.mode[0] if isinstance(s.mode, list) else s.mode
-    planned = s.epochs_planned()
-    return GroupedASHA(metric=metric, mode=mode, max_t={d: planned[d]["mislas"] for d in s.datasets},
+    planned = s.epochs_planned()  # ASHA acts on the first objective
+    return GroupedASHA(metric=s.metric[0], mode=s.mode[0], max_t={d: planned[d]["mislas"] for d in s.datasets},
                        grace_period=s.grace_period, reduction_factor=s.reduction_factor)
 
 
@@ -180,34 +192,6 @@ def say(line: str) -> None:
     print(f"[study] {line}", file=sys.stderr, flush=True)
 
 
-def journal_spec(s: StudySettings) -> journal.JournalSpec:
-    metrics = s.metric if isinstance(s.metric, list) else [s.metric]
-    modes = s.mode if isinstance(s.mode, list) else [s.mode]
-    return journal.JournalSpec(names={d: f"{s.name}:{d}" for d in s.spaces},
-                               directions=["maximize" if m == "max" else "minimize" for m in modes],
-                               metrics=metrics, spaces=dict(s.spaces))
-
-
-def check_resume(s: StudySettings, results: Store, local_cache: Path) -> None:
-    """Before Tune restores a study: set aside part files that do not read back (their rows
-    are written again) and check the Optuna journal, rebuilding a damaged one from the parts."""
-    from study import results as results_mod
-
-    tables, _ = results_mod.load_parts(results, set_aside=True, say=say)
-    spec = journal_spec(s)
-    if not spec.names:  # no MiSLAS search, no Optuna study
-        return
-    rows = tables["trials"].to_pylist()
-    metric = spec.metrics[0]
-    epochs: dict[str, list[tuple[int, float]]] = {}
-    if len(spec.metrics) == 1 and metric in tables["epochs"].column_names:
-        for e in tables["epochs"].select(["trial_id", "epoch", metric]).to_pylist():
-            epochs.setdefault(e["trial_id"], []).append((e["epoch"], e[metric]))
-    line = journal.check_and_repair(results, local_cache, spec, rows, epochs)
-    if line:
-        say(line)
-
-
 def run_study(s: StudySettings, *, fingerprints: dict[str, str] | None = None) -> int:
     """Run (or resume) the study under its driver lock; returns the exit status.
 
@@ -254,116 +238,177 @@ def stage1_phase(s: StudySettings, storage: Store, results: Store, fingerprints:
                      max_failures=s.max_failures, progress=s.progress, say=say)
 
 
-def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[str, Any] | None,
-                fingerprints: dict[str, str], joined_s: float | None = None) -> int:
-    import ray
-    from ray import tune
+@dataclass(frozen=True)
+class Placement:
+    """Where the trials and Stage-1 workers run, from the cluster Ray joined."""
 
-    from study import results as results_mod
-    from study.callbacks import RecordContext, ResultsCallback
-    from study.runtime import git_commit, init_ray
-    from study.summary import format_summary, summarize
-    from study.tracking import logger_callbacks
-    from study.trainable import TrialContext, run_trial, versions
+    gpus: float  # per trial
+    device: str  # the trials' torch device
+    stage1_gpus: float  # per Stage-1 worker
 
-    t_start = time.perf_counter()
-    local_cache = Path(os.path.expanduser("~/.cache/mislas-study")) / s.name
+
+def place(s: StudySettings, *, joined: bool) -> Placement:
+    """The resources each trial and Stage-1 worker asks for; refuses what cannot be had."""
+    resources = cluster_resources()
+    check_resources(s, resources, joined=joined)
+    default_gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
+    gpus = s.gpus_per_trial if s.gpus_per_trial is not None else default_gpus
+    stage1_gpus = s.stage1_gpus_per_worker if s.stage1_gpus_per_worker is not None else default_gpus
+    check_stage1_gpus(s.stage1_workers, stage1_gpus)  # one line, exit 3: no NCCL error, no "rerun"
+    return Placement(gpus=gpus, device="cuda" if gpus > 0 else "cpu", stage1_gpus=stage1_gpus)
+
+
+def prepare(s: StudySettings, storage: Store, results: Store, saved: dict[str, Any] | None,
+            local_cache: Path) -> ResumePlan:
+    """Write study.json and compute the run's :class:`study.resume.ResumePlan` (before Ray starts)."""
     created = saved["created_at"] if saved else datetime.now(timezone.utc).isoformat()
     study_json = {"name": s.name, "identity": s.identity(), "created_at": created,
                   "spaces": {d: sp.source for d, sp in s.spaces.items()}, "storage": storage.uri(),
                   "results": results.uri()}
     results.write_bytes(json.dumps(study_json, indent=2).encode(), "study.json")
-    tune_path = results.uri("tune")
-    resuming = results.exists("tune") and tune.Tuner.can_restore(tune_path)
-    if resuming:
-        print(f"[study] resuming {s.name} from {tune_path}", file=sys.stderr, flush=True)
-        # remote results: fetch the journal the searcher writes to; any: nothing damaged is trusted
-        check_resume(s, results, local_cache)
+    return resume.plan(s, results, local_cache, say)
 
+
+def contexts(s: StudySettings, storage: Store, results: Store, placement: Placement, plan: ResumePlan,
+             local_cache: Path) -> tuple[TrialContext, RecordContext]:
+    """What every trial shares, and what the driver's callback records rows with."""
+    from study.callbacks import RecordContext
+    from study.runtime import git_commit
+    from study.trainable import TrialContext, versions
+
+    commit, driver_versions = git_commit(), versions()
+    ctx = TrialContext(study=s.name, results_location=results.uri(), stage1_location=storage.uri("stage1"),
+                       base_configs={d: replace(c, device=placement.device) for d, c in s.configs.items()},
+                       cpus_per_trial=s.cpus_per_trial, git_commit=commit, versions=driver_versions,
+                       progress=s.progress, stage1_checkpoints=dict(s.stage1_checkpoints),
+                       stage1_workers=s.stage1_workers, written=plan.reports())
+    record_ctx = RecordContext(
+        study=s.name, results_location=results.uri(), budget=s.budget,
+        imb_factors={d: c.data.imb_factor for d, c in s.configs.items()}, epochs_planned=s.epochs_planned(),
+        versions=driver_versions, git_commit=commit,
+        optuna_local=None if results.local else str(local_cache / journal.JOURNAL),
+    )
+    return ctx, record_ctx
+
+
+def build_tuner(s: StudySettings, results: Store, plan: ResumePlan, ctx: TrialContext, record_ctx: RecordContext,
+                placement: Placement, local_cache: Path) -> Any:
+    """Tune's ``Tuner``: restored as the plan says, or a new experiment with the study's searcher."""
+    from ray import tune
+
+    from study.callbacks import ResultsCallback
+    from study.tracking import logger_callbacks
+    from study.trainable import run_trial
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                                    {"cpu": s.cpus_per_trial, "gpu": placement.gpus})
+    if plan.restore:
+        if s.trackers:
+            say("--log on a resumed study: Tune restores the first run's callbacks, so its trackers are kept")
+        # Unfinished trials continue from their last checkpoint; finished ones are kept as they
+        # are; errored ones stay failed (their rows are written) unless one has no rows
+        return tune.Tuner.restore(plan.tune_path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=plan.rerun_errored)
+    searcher = make_searcher(s, journal.fetch(results, local_cache))
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(s),
+                                    num_samples=searcher.total, max_concurrent_trials=s.max_concurrent,
+                                    # a trial's worker is kept for the next one: no process start and
+                                    # torch import per trial (about 5 s on a small CPU)
+                                    reuse_actors=True,
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+        run_config=tune.RunConfig(
+            name="tune", storage_path=results.uri(), verbose=1,
+            callbacks=[ResultsCallback(record_ctx), *logger_callbacks(
+                s.trackers, study_name=s.name, results_dir=str(results.local_path()) if results.local else None)],
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            # two kept: a driver killed between a trial's newest checkpoint and Tune's next
+            # state snapshot leaves a snapshot that names the one before, which must still exist
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def finish(s: StudySettings, results: Store, local_cache: Path, grid: Any, record_ctx: RecordContext,
+           timings: dict[str, float]) -> int:
+    """After ``Tuner.fit``: rows the callback missed, the unions, the journal, summary.json; the status."""
+    from study import results as results_mod
+    from study.summary import format_summary, summarize
+
+    reconcile(grid, record_ctx)
+    results_mod.rebuild_unions(results, say=say)  # once, at the end (the callback writes only parts)
+    resume.keep_whole_state(results)
+    trials_table = results_mod.read_table(results, "trials.parquet")
+    journal.tell_finished(results, local_cache, resume.journal_spec(s), trials_table.to_pylist())
+    planned = s.planned_trials()
+    if len(results_mod.complete_parts(results)) >= planned:  # only a finished study has orphans
+        journal.close_orphans(results, local_cache, [f"{s.name}:{d}" for d in s.spaces])
+    journal.upload(results, local_cache)
+    summary = summarize(s, trials_table.to_pandas(), results_uri=results.uri(), timings=timings)
+    results.write_bytes(json.dumps(summary, indent=2, default=str).encode(), "summary.json")
+    print(format_summary(summary), flush=True)
+    if summary["trials"]["total"] < planned:  # e.g. Ctrl-C: Tune saved its state and returned
+        print(f"[study] {summary['trials']['total']} of {planned} trials ended; rerun the same command "
+              f"(or add --resume) to continue", file=sys.stderr)
+        return 1
+    return 0 if summary["trials"]["finished"] else 1
+
+
+def no_space(results: Store, where: str | None = None) -> int:
+    """The one line of a full disk (exit 1): the rows written stay, a rerun continues."""
+    from study import results as results_mod
+
+    rows = len(results_mod.complete_parts(results))
+    say(resume.no_space_line(where or results.uri(), rows))
+    return 1
+
+
+def _run_locked(s: StudySettings, storage: Store, results: Store, saved: dict[str, Any] | None,
+                fingerprints: dict[str, str], joined_s: float | None = None) -> int:
+    try:
+        return _run_planned(s, storage, results, saved, fingerprints, joined_s)
+    except OSError as exc:
+        if not resume.is_no_space(exc):
+            raise
+        return no_space(results, exc.filename if isinstance(exc.filename, str) else None)
+
+
+def _run_planned(s: StudySettings, storage: Store, results: Store, saved: dict[str, Any] | None,
+                 fingerprints: dict[str, str], joined_s: float | None) -> int:
+    import ray
+
+    from study.runtime import init_ray
+
+    t_start = time.perf_counter()
+    local_cache = Path(os.path.expanduser("~/.cache/mislas-study")) / s.name
+    plan = prepare(s, storage, results, saved, local_cache)
+    resume.reset_storage_faults()
     started_ray, ray_init_s = init_ray(s.address, s.num_cpus)
-    ray_init_s = ray_init_s if joined_s is None else joined_s
+    timings = {"ray_init_s": ray_init_s if joined_s is None else joined_s}
     previous_sigterm = sigterm_as_ctrl_c()
     try:
-        resources = cluster_resources()
-        check_resources(s, resources, joined=not started_ray)
-        default_gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
-        gpus = s.gpus_per_trial if s.gpus_per_trial is not None else default_gpus
-        device = "cuda" if gpus > 0 else "cpu"
-        stage1_gpus = s.stage1_gpus_per_worker if s.stage1_gpus_per_worker is not None else default_gpus
-        check_stage1_gpus(s.stage1_workers, stage1_gpus)  # one line, exit 3: no NCCL error, no "rerun"
-        phase = stage1_phase(s, storage, results, fingerprints, stage1_gpus)
+        placement = place(s, joined=not started_ray)
+        phase = stage1_phase(s, storage, results, fingerprints, placement.stage1_gpus)
         if phase.failures:
-            print(f"[study] Stage-1 phase: {len(phase.failures)} of {phase.planned} Stage 1s failed (above); no "
-                  f"Stage-2 trial ran. Rerun the same command to continue: finished Stage 1s are kept and "
-                  f"interrupted ones resume at their last epoch", file=sys.stderr, flush=True)
+            say(f"Stage-1 phase: {len(phase.failures)} of {phase.planned} Stage 1s failed (above); no "
+                f"Stage-2 trial ran. Rerun the same command to continue: finished Stage 1s are kept and "
+                f"interrupted ones resume at their last epoch")
             return 1
-        commit, driver_versions = git_commit(), versions()
-        ctx = TrialContext(study=s.name, results_location=results.uri(), stage1_location=storage.uri("stage1"),
-                           base_configs={d: replace(c, device=device) for d, c in s.configs.items()},
-                           cpus_per_trial=s.cpus_per_trial, git_commit=commit, versions=driver_versions,
-                           progress=s.progress, stage1_checkpoints=dict(s.stage1_checkpoints),
-                           stage1_workers=s.stage1_workers)
-        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
-                                        {"cpu": s.cpus_per_trial, "gpu": gpus})
-        record_ctx = RecordContext(
-            study=s.name, results_location=results.uri(), budget=s.budget,
-            imb_factors={d: c.data.imb_factor for d, c in s.configs.items()}, epochs_planned=s.epochs_planned(),
-            versions=driver_versions, git_commit=commit,
-            optuna_local=None if results.local else str(local_cache / journal.JOURNAL),
-        )
-        if resuming:
-            if s.trackers:
-                say("--log on a resumed study: Tune restores the first run's callbacks, so its trackers are kept")
-            # Errored trials stay failed (their rows are written); unfinished ones continue
-            # from their last checkpoint; finished ones are kept as they are.
-            tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
-        else:
-            if results_mod.complete_parts(results):
-                raise UsageError(f"--name {s.name}: {results.uri()} holds trial results but no resumable Tune state; "
-                                 f"pick a new --name")
-            journal.set_aside_stale(results, local_cache)
-            searcher = make_searcher(s, journal.fetch(results, local_cache))
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(s),
-                                            num_samples=searcher.total, max_concurrent_trials=s.max_concurrent,
-                                            # a trial's worker is kept for the next one: no process start and
-                                            # torch import per trial (about 5 s on a small CPU)
-                                            reuse_actors=True,
-                                            trial_name_creator=trial_name, trial_dirname_creator=trial_name),
-                run_config=tune.RunConfig(
-                    name="tune", storage_path=results.uri(), verbose=1,
-                    callbacks=[ResultsCallback(record_ctx), *logger_callbacks(
-                        s.trackers, study_name=s.name, results_dir=str(results.local_path()) if results.local else None)],
-                    failure_config=tune.FailureConfig(max_failures=s.max_failures),
-                    # two kept: a driver killed between a trial's newest checkpoint and Tune's next
-                    # state snapshot leaves a snapshot that names the one before, which must still exist
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                ),
-            )
+        ctx, record_ctx = contexts(s, storage, results, placement, plan, local_cache)
+        tuner = build_tuner(s, results, plan, ctx, record_ctx, placement, local_cache)
         t_fit = time.perf_counter()
-        grid = tuner.fit()
-        fit_s = time.perf_counter() - t_fit
-        reconcile(grid, record_ctx)
-        results_mod.rebuild_unions(results, say=say)  # once, at the end (the callback writes only parts)
-        trials_table = results_mod.read_table(results, "trials.parquet")
-        journal.tell_finished(results, local_cache, journal_spec(s), trials_table.to_pylist())
-        planned = s.planned_trials()
-        if len(results_mod.complete_parts(results)) >= planned:  # only a finished study has orphans
-            journal.close_orphans(results, local_cache, [f"{s.name}:{d}" for d in s.spaces])
-        journal.upload(results, local_cache)
-        trials = trials_table.to_pandas()
-        summary = summarize(s, trials, results_uri=results.uri(),
-                            timings={"ray_init_s": ray_init_s, "stage1_phase_s": phase.wall_s,
-                                     "stage1_phase_trainings": phase.trained, "stage1_phase_train_s": phase.train_s,
-                                     "fit_s": fit_s, "total_s": time.perf_counter() - t_start})
-        results.write_bytes(json.dumps(summary, indent=2, default=str).encode(), "summary.json")
-        print(format_summary(summary), flush=True)
-        if summary["trials"]["total"] < planned:  # e.g. Ctrl-C: Tune saved its state and returned
-            print(f"[study] {summary['trials']['total']} of {planned} trials ended; rerun the same command "
-                  f"(or add --resume) to continue", file=sys.stderr)
-            return 1
-        return 0 if summary["trials"]["finished"] else 1
+        try:
+            grid = tuner.fit()
+        except Exception:  # e.g. Tune reading back the error files a full disk left empty
+            if resume.storage_fault() is None:
+                raise
+        if (where := resume.storage_fault()) is not None:
+            return no_space(results, where)
+        timings.update(stage1_phase_s=phase.wall_s, stage1_phase_trainings=phase.trained,
+                       stage1_phase_train_s=phase.train_s, fit_s=time.perf_counter() - t_fit)
+        timings["total_s"] = time.perf_counter() - t_start
+        return finish(s, results, local_cache, grid, record_ctx, timings)
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)

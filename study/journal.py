@@ -36,9 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from mislas.errors import UsageError
-from study.reporting.load import quiet_optuna
 from study.storage import Store, stamp
-from study.tune_adapter import trial_from_json, trial_storage_id
+from study.tune_adapter import quiet_optuna, trial_from_json, trial_storage_id
 
 JOURNAL = "optuna.log"
 STATES = {"complete": "COMPLETE", "stopped_early": "PRUNED", "failed": "FAIL"}
@@ -223,16 +222,8 @@ def _mislas_rows(rows: Iterable[Mapping[str, Any]], spec: JournalSpec) -> dict[t
             if r.get("optuna_study") in studies and r.get("optuna_trial_number") is not None}
 
 
-def journal_problem(path: Path, spec: JournalSpec, rows: Iterable[Mapping[str, Any]],
-                    state: SearcherState | None = None) -> str | None:
-    """What is wrong with the journal at ``path`` (None: nothing)."""
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    if not path.exists():
-        return "is missing"
-    data = path.read_bytes()
+def _record_problem(data: bytes) -> str | None:
+    """What is wrong with the journal's bytes as records (None: each line is a whole record)."""
     if not data:
         return "is empty"
     if not data.endswith(b"\n"):
@@ -244,19 +235,44 @@ def journal_problem(path: Path, spec: JournalSpec, rows: Iterable[Mapping[str, A
             return f"is unreadable (line {n}: {type(exc).__name__}: {exc})"
         if not isinstance(record, dict) or "op_code" not in record:
             return f"is unreadable (line {n} is not a journal record)"
+    return None
+
+
+def _replay(path: Path, spec: JournalSpec) -> tuple[dict[str, dict[int, Any]], int] | str:
+    """The study's trials by study name and number, and the journal's trial count; or what
+    is wrong (records that do not replay, a study missing)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
     try:
         with quiet_optuna():
             storage = JournalStorage(JournalFileBackend(str(path)))
-            studies = {s.study_name: s for s in storage.get_all_studies()}
-            for name in spec.names.values():
-                if name not in studies:
-                    return f"lacks the Optuna study {name}"
+            studies = {s.study_name for s in storage.get_all_studies()}
+            missing = [name for name in spec.names.values() if name not in studies]
+            if missing:
+                return f"lacks the Optuna study {missing[0]}"
             trials = {name: {t.number: t for t in optuna.load_study(study_name=name, storage=storage).get_trials(
                 deepcopy=False)} for name in spec.names.values()}
             count = sum(len(optuna.load_study(study_name=s, storage=storage).get_trials(deepcopy=False))
                         for s in studies)
     except Exception as exc:  # noqa: BLE001 - records that do not replay
         return f"is unreadable ({type(exc).__name__}: {exc})"
+    return trials, count
+
+
+def journal_problem(path: Path, spec: JournalSpec, rows: Iterable[Mapping[str, Any]],
+                    state: SearcherState | None = None) -> str | None:
+    """What is wrong with the journal at ``path`` (None: nothing)."""
+    if not path.exists():
+        return "is missing"
+    problem = _record_problem(path.read_bytes())
+    if problem is not None:
+        return problem
+    replayed = _replay(path, spec)
+    if isinstance(replayed, str):
+        return replayed
+    trials, count = replayed
     for (name, number), row in sorted(_mislas_rows(rows, spec).items()):
         t = trials[name].get(number)
         if t is None or t.user_attrs.get("ray_trial_id") != row["trial_id"]:
@@ -335,6 +351,62 @@ def _frozen(row: Mapping[str, Any] | None, asked: Asked | None, spec: JournalSpe
     return trial
 
 
+class _Rebuild:
+    """The trials of a rebuilt journal, added study by study in the order the ids say."""
+
+    def __init__(self, studies: Mapping[str, Any], spec: JournalSpec, finished: Mapping[tuple[str, int], Any],
+                 asked: Mapping[int, Asked], epochs: Mapping[str, Sequence[tuple[int, float]]]) -> None:
+        self.studies, self.spec, self.finished, self.asked, self.epochs = studies, spec, finished, asked, epochs
+        self.order = list(studies)
+        self.dataset_of = {name: d for d, name in spec.names.items()}
+        self.next_number = dict.fromkeys(self.order, 0)
+        self.counts = {"finished": 0, "running": 0, "orphaned": 0}
+
+    def add(self, name: str) -> None:
+        """The next trial of study ``name``: its row, what the searcher asked, or an orphan."""
+        number = self.next_number[name]
+        row = self.finished.get((name, number))
+        known = [a for a in self.asked.values() if a.study == name and a.number == number]
+        a = known[0] if known else None
+        if row is not None and a is not None and a.user_attrs.get("ray_trial_id") not in (None, row["trial_id"]):
+            raise ValueError(f"trial {number} of {name} is row {row['trial_id']} in parts/ but "
+                             f"{a.user_attrs['ray_trial_id']} in Tune's searcher state")
+        self.studies[name].add_trial(_frozen(row, a, self.spec, self.dataset_of[name], self.epochs))
+        self.counts["finished" if row is not None else "running" if a is not None else "orphaned"] += 1
+        self.next_number[name] += 1
+
+    def fill_gap(self, gid: int, pending: Sequence[Asked]) -> None:
+        """Trial id ``gid``, which the snapshot never saw: the study whose number is missing."""
+        later = {b.study: b.trial_id for b in reversed(pending)}
+        missing = sorted((later[s], s) for s in later if self.next_number[s] < min(
+            b.number for b in pending if b.study == s))
+        spare = [s for s in self.order if s not in later]
+        if missing:
+            self.add(missing[0][1])
+        elif spare:
+            self.add(spare[0])
+        else:
+            raise ValueError(f"trial id {gid} fits no study of Tune's searcher state")
+
+    def run(self) -> dict[str, int]:
+        pending = sorted(self.asked.values(), key=lambda a: a.trial_id)
+        gid = 0
+        for i, a in enumerate(pending):
+            while gid < a.trial_id:
+                self.fill_gap(gid, pending[i:])
+                gid += 1
+            if self.next_number[a.study] != a.number:
+                raise ValueError(f"Tune's searcher state has trial {a.number} of {a.study} at id {a.trial_id}, "
+                                 f"where the rebuilt journal has trial {self.next_number[a.study]}")
+            self.add(a.study)
+            gid += 1
+        for name in self.order:  # rows Tune's snapshot predates, and the numbers between
+            last = max((n for s, n in self.finished if s == name), default=-1)
+            while self.next_number[name] <= last:
+                self.add(name)
+        return self.counts
+
+
 def rebuild(path: Path, spec: JournalSpec, rows: Iterable[Mapping[str, Any]],
             epochs: Mapping[str, Sequence[tuple[int, float]]] | None = None,
             state: SearcherState | None = None) -> dict[str, int]:
@@ -346,61 +418,19 @@ def rebuild(path: Path, spec: JournalSpec, rows: Iterable[Mapping[str, Any]],
 
     if path.exists():
         raise ValueError(f"{path} exists")
-    epochs = epochs or {}
-    finished = _mislas_rows(rows, spec)
-    dataset_of = {name: d for d, name in spec.names.items()}
     asked = dict(state.trials) if state is not None else {}
-    stray = sorted({a.study for a in asked.values()} - set(dataset_of))
+    stray = sorted({a.study for a in asked.values()} - set(spec.names.values()))
     if stray:
         raise ValueError(f"Tune's searcher state holds trials of {', '.join(stray)}, which is not a study of this one")
-    order = [n for _, n in sorted((state.studies if state else {}).items()) if n in dataset_of]
+    order = [n for _, n in sorted((state.studies if state else {}).items()) if n in spec.names.values()]
     order += [n for n in spec.names.values() if n not in order]
-    counts = {"finished": 0, "running": 0, "orphaned": 0}
     directions = [optuna.study.StudyDirection.MAXIMIZE if d.startswith("max") else optuna.study.StudyDirection.MINIMIZE
                   for d in spec.directions]
     path.parent.mkdir(parents=True, exist_ok=True)
     with quiet_optuna():
         storage = JournalStorage(JournalFileBackend(str(path)))
         studies = {n: optuna.create_study(study_name=n, storage=storage, directions=directions) for n in order}
-        next_number = dict.fromkeys(order, 0)
-
-        def add(name: str) -> None:
-            number = next_number[name]
-            row = finished.get((name, number))
-            known = [a for a in asked.values() if a.study == name and a.number == number]
-            a = known[0] if known else None
-            if row is not None and a is not None and a.user_attrs.get("ray_trial_id") not in (None, row["trial_id"]):
-                raise ValueError(f"trial {number} of {name} is row {row['trial_id']} in parts/ but "
-                                 f"{a.user_attrs['ray_trial_id']} in Tune's searcher state")
-            studies[name].add_trial(_frozen(row, a, spec, dataset_of[name], epochs))
-            counts["finished" if row is not None else "running" if a is not None else "orphaned"] += 1
-            next_number[name] += 1
-
-        pending = sorted(asked.values(), key=lambda a: a.trial_id)
-        gid = 0
-        for i, a in enumerate(pending):
-            while gid < a.trial_id:  # a trial the snapshot never saw: whose number is missing?
-                later = {b.study: b.trial_id for b in reversed(pending[i:])}
-                missing = sorted((later[s], s) for s in later if next_number[s] < min(
-                    b.number for b in pending[i:] if b.study == s))
-                spare = [s for s in order if s not in later]
-                if missing:
-                    add(missing[0][1])
-                elif spare:
-                    add(spare[0])
-                else:
-                    raise ValueError(f"trial id {gid} fits no study of Tune's searcher state")
-                gid += 1
-            if next_number[a.study] != a.number:
-                raise ValueError(f"Tune's searcher state has trial {a.number} of {a.study} at id {a.trial_id}, "
-                                 f"where the rebuilt journal has trial {next_number[a.study]}")
-            add(a.study)
-            gid += 1
-        for name in order:  # rows Tune's snapshot predates, and the numbers between
-            last = max((n for s, n in finished if s == name), default=-1)
-            while next_number[name] <= last:
-                add(name)
-    return counts
+        return _Rebuild(studies, spec, _mislas_rows(rows, spec), asked, epochs or {}).run()
 
 
 def check_and_repair(results: Store, local_cache: Path, spec: JournalSpec, rows: Sequence[Mapping[str, Any]],

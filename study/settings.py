@@ -136,14 +136,14 @@ class StudySettings:
     wait_for_resources: float = 0.0  # --wait-for-resources: seconds a joined cluster may take to add nodes
 
     @property
-    def metric(self) -> list[str] | str:
-        names = [OBJECTIVES[o][0] for o in self.objectives]
-        return names if len(names) > 1 else names[0]
+    def metric(self) -> tuple[str, ...]:
+        """The objectives' trials columns (``val_acc``, ``val_ece``), one or two: always a tuple."""
+        return tuple(OBJECTIVES[o][0] for o in self.objectives)
 
     @property
-    def mode(self) -> list[str] | str:
-        modes = [OBJECTIVES[o][1] for o in self.objectives]
-        return modes if len(modes) > 1 else modes[0]
+    def mode(self) -> tuple[str, ...]:
+        """``max`` / ``min``, one per objective of :attr:`metric`."""
+        return tuple(OBJECTIVES[o][1] for o in self.objectives)
 
     def imb_for(self, dataset: str) -> float | None:
         return imb_for(dataset, self.imb_factor)

@@ -1,7 +1,7 @@
 """The summary a finished (or interrupted) study prints and writes to ``summary.json``.
 
 Its numbers are computed as the report computes them (the Pareto front is
-:func:`study.reporting.ablations.pareto_mask`), from the trials table the report reads.
+:func:`study.pareto.pareto_mask`, which the report uses too), from the trials table the report reads.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from study import schema
+from study.pareto import pareto_mask
 from study.records import Stage2Setting
-from study.reporting.ablations import pareto_mask
 from study.settings import StudySettings
 
 

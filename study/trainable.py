@@ -25,7 +25,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,7 +57,6 @@ from study.nodecheck import require_cuda
 from study.outcome import OUTCOME, MemberOutcome, divergence
 from study.records import TrialSpec
 from study.stage1_cache import Stage1Cache, Stage1Entry, stage1_key
-from study.storage import Store
 from study.tune_adapter import node_ip
 
 REPORT = "report.json"  # the final report, re-reported when a finished trial is restored
@@ -78,6 +77,8 @@ class TrialContext:
     progress: bool = False
     stage1_checkpoints: dict[str, str] = field(default_factory=dict)  # data set -> a given Stage 1
     stage1_workers: int = 1  # data-parallel processes of each Stage 1 (the phase trains them; part of the key)
+    # row id -> what a trial whose rows are written reports back (study.resume.ResumePlan.reports)
+    written: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def planned_epochs(cfg: RunConfig) -> int:
@@ -127,17 +128,13 @@ def _test_metrics(test: dict[str, Any]) -> dict[str, Any]:
     return {f"test_{m}": (float("nan") if test.get(m) is None else test[m]) for m in schema.METRICS}
 
 
-def stored_report(store: Store, ids: Sequence[str]) -> dict[str, Any]:
-    """The report of a trial whose rows are already written (read back from its parts)."""
-    members, epochs = [], []
-    for mid in ids:
-        row = results.read_part(store, mid, "trials").to_pylist()[0]
-        epochs.append(row["epochs_run"] or 0)
-        members.append({**{f"val_{m}": row.get(f"val_{m}") for m in schema.METRICS},
-                        **{f"test_{m}": row.get(f"test_{m}") for m in schema.METRICS},
-                        "diverged": int(row["status"] in (schema.FAILED, schema.DIVERGED))})
-    final = all(results.read_part(store, mid, "trials").to_pylist()[0]["status"] == schema.COMPLETE for mid in ids)
-    return group_metrics(epoch=min(epochs), final=final, members=members) | {"from_part": 1}
+def stored_report(written: Mapping[str, Mapping[str, Any]], ids: Sequence[str]) -> dict[str, Any]:
+    """The report of a trial whose rows are already written, from what the driver's resume
+    plan told it (study.resume.ResumePlan.reports): the trial does not read the parts."""
+    members = [{k: v for k, v in written[mid].items() if k not in ("epochs_run", "complete")} for mid in ids]
+    final = all(written[mid]["complete"] for mid in ids)
+    epoch = min(int(written[mid]["epochs_run"]) for mid in ids)
+    return group_metrics(epoch=epoch, final=final, members=members) | {"from_part": 1}
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -146,13 +143,12 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     spec: TrialSpec = config["spec"]
     trial_id = tune.get_context().get_trial_id()
     ids = spec.member_ids(trial_id)
-    # A trial whose rows were written before a driver crash is not run again: its stored
-    # result is reported back (the experiment state may predate its completion).
-    store = Store(ctx.results_location)
-    if all(results.part_complete(store, i) for i in ids):
+    # A trial whose rows were written before a driver crash is not run again: the resume plan
+    # told it its rows, which it reports back (the experiment state may predate its completion).
+    if ids and all(i in ctx.written for i in ids):
         print(f"[trial {trial_id}] rows already written: reporting them back, not training again",
               file=sys.stderr, flush=True)
-        tune.report(stored_report(store, ids))
+        tune.report(stored_report(ctx.written, ids))
         return
     work = Path(tempfile.mkdtemp(prefix=f"mislas-trial-{trial_id}-"))
     try:

@@ -11,6 +11,8 @@ Public stand-ins (no private member touched):
 * :func:`attach_trial` -- an :class:`optuna.trial.Trial` for a trial an earlier process asked,
   by Optuna's public constructor (what ``Study.ask`` builds), so a resumed searcher can report
   to, suggest on and tell a trial it did not ask itself.
+* :func:`quiet_optuna` -- Optuna's public logging verbosity and Python's warnings filter,
+  restored on leaving (shared by the driver's journal code and the report).
 * :func:`trial_to_json` / :func:`trial_from_json` -- a trial's asked state as plain JSON
   (``optuna.distributions.distribution_to_json``), so the searcher's state file is data.
 
@@ -23,7 +25,9 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,21 @@ from typing import Any
 import optuna
 from optuna.distributions import distribution_to_json, json_to_distribution
 from optuna.trial import FrozenTrial
+
+
+@contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Silence Optuna's INFO logs ("A new study created...") and warnings while the journal is
+    replayed or rebuilt (study.journal) or read by the report (study.reporting)."""
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
 
 # --- typed views of Ray's untyped public calls ------------------------------------------------
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from study.pareto import pareto_mask
 from study.reporting.common import COMPLETE, FORMS, STOPPED, TUNED_PARAMS, GroupKey, complete_trials
 from study.reporting.functions import related_function
 
@@ -161,16 +162,6 @@ def effect(done: pd.DataFrame, param: str, n_bins: int = 5) -> Effect | None:
 
 
 # --- Pareto front ------------------------------------------------------------------------------
-
-def pareto_mask(acc: np.ndarray, ece: np.ndarray) -> np.ndarray:
-    """Non-dominated points for (max acc, min ECE): no other point is at least as good in both
-    and better in one. O(n²), fine for the few thousand trials of a study."""
-    acc_ge = acc[None, :] >= acc[:, None]
-    ece_le = ece[None, :] <= ece[:, None]
-    strictly = (acc[None, :] > acc[:, None]) | (ece[None, :] < ece[:, None])
-    dominated = (acc_ge & ece_le & strictly).any(axis=1)
-    return np.asarray(~dominated, dtype=bool)
-
 
 @dataclass(frozen=True)
 class Pareto:

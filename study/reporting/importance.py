@@ -19,7 +19,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
 from study.reporting.common import GROUP_COLS
-from study.reporting.load import OptunaInfo, quiet_optuna
+from study.reporting.load import OptunaInfo
+from study.tune_adapter import quiet_optuna
 
 MIN_TRIALS = 8  # fewer complete trials give importances that are noise
 OBJECTIVES = (("val_acc", True), ("val_ece", False))  # (column, higher is better)

@@ -20,9 +20,6 @@ import os
 import posixpath
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +31,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from study import results, schema
 from study.storage import Store
+from study.tune_adapter import quiet_optuna
 
 TRIALS_FILE = "trials.parquet"
 
@@ -44,19 +42,6 @@ EPOCH_COLUMNS = schema.columns("epochs")
 CLASS_COLUMNS = schema.columns("classes")
 RELIABILITY_COLUMNS = schema.columns("reliability")
 CONFIDENCE_COLUMNS = schema.columns("confidence")
-
-
-@contextmanager
-def quiet_optuna() -> Iterator[None]:
-    """Silence Optuna's INFO logs ("A new study created…") and warnings while the report uses it."""
-    previous = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        optuna.logging.set_verbosity(previous)
 
 
 class NoStudyError(Exception):

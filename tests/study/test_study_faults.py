@@ -1,15 +1,23 @@
 """The study's faults end in one line and lose nothing: a hostile or changed ``--stage1-checkpoint``
 (refused before Ray starts / on resume, naming the file), a hostile Stage-1 cache entry whose
 done.json sha256 was updated to match, ``--set`` flags in another order (the same study), and
-SIGTERM (handled as Ctrl-C: status 1 and the rerun hint, real Ray)."""
+SIGTERM (handled as Ctrl-C: status 1 and the rerun hint, real Ray), and storage faults (real Ray,
+real files): a full disk mid-study (a small tmpfs; one line, exit 1, the rerun completes with
+the rows of an undisturbed study), a part Parquet of another schema (set aside, its row written
+again) and a truncated Tune state (the driver's whole copy put back)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -24,7 +32,7 @@ from study.settings import canonical_overrides
 from study.stage1_cache import CHECKPOINT, DONE, Stage1Cache, file_sha256, stage1_key
 from study.storage import Store
 from tests.mislas.test_safe_load import SYSTEM, plant
-from tests.study.test_e2e import FMNIST, SMOKE, finish, kill_session, start, wait_for
+from tests.study.helpers import FMNIST, SMOKE, check_optuna, complete_parts, finish, kill_session, start, wait_for
 
 BASE = ["--dataset", "fashion_mnist_lt", "--budget", "smoke"]
 
@@ -178,3 +186,117 @@ def test_gpus_on_a_cluster_without_gpus_are_refused_not_waited_for(tmp_path: Pat
     assert ours == ["python -m study.run: error: --gpus-per-trial 1: the Ray cluster has no GPU, so nothing could "
                     "start; give at most what it has (--num-cpus / the machine's CPUs and GPUs)"], out[-3000:]
     assert "Traceback" not in out
+
+
+# --- storage faults: a full disk, a part of another schema, a truncated Tune state -----------------
+
+FAULT_ARGS = [*SMOKE, "--trials", "3", "--methods", "mislas", "--num-cpus", "2", "--set", "stage2.epochs=2"]
+TIMINGS = ["stage1_s", "stage2_s", "wall_s", "started_at", "finished_at", "node_id"]
+
+
+def study_lines(log: Path) -> list[str]:
+    return [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("[study]")]
+
+
+def run_to_end(argv: list[str], log: Path, timeout: float = 400) -> int:
+    proc = start(argv, log)
+    try:
+        return finish(proc, timeout)
+    except BaseException:
+        finish(proc, 1)
+        raise
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs (root only), unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a ballast file until the disk is full."""
+    ballast = disk / "ballast"
+    with ballast.open("wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * (1 << 16))
+                fh.flush()
+        except OSError:
+            pass
+    return ballast
+
+
+@pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").exists(), reason=f"no Fashion-MNIST in {FMNIST}")
+def test_storage_faults_end_in_one_line_and_lose_nothing(tmp_path: Path, small_disk: Path) -> None:
+    # -- an undisturbed study: the rows to expect
+    plain = tmp_path / "plain"
+    assert run_to_end(["study.run", *FAULT_ARGS, "--storage", str(plain), "--name", "f"], tmp_path / "plain.log") == 0
+    expected = pd.read_parquet(plain / "f" / "trials.parquet")
+    shutil.copytree(plain / "stage1", small_disk / "stage1")  # the same Stage 1 (the disk holds the rest)
+
+    # -- the same study on a disk that fills up after its first row
+    res = small_disk / "f"
+    argv = ["study.run", *FAULT_ARGS, "--storage", str(small_disk), "--name", "f"]
+    proc = start(argv, tmp_path / "full.log")
+    try:
+        wait_for(lambda: len(complete_parts(res)) >= 1, 300, proc, "the first row")
+        ballast = fill(small_disk)
+        code = finish(proc, 300)
+    except BaseException:
+        finish(proc, 1)
+        raise
+    full = study_lines(tmp_path / "full.log")
+    written = complete_parts(res)
+    assert code == 1, (tmp_path / "full.log").read_text()[-3000:]
+    assert full[-1] == (f"[study] {res}: no space left on device; the {len(written)} rows written are kept: free "
+                        f"space there and rerun the same command to continue"), full
+    kept = {t: pq.read_table(res / "parts" / t / "trials.parquet").to_pandas() for t in written}
+
+    # -- space freed: the same command resumes and completes, with the undisturbed study's row count
+    ballast.unlink()
+    code = run_to_end(argv, tmp_path / "resumed.log")
+    resumed = study_lines(tmp_path / "resumed.log")
+    assert code == 0, (tmp_path / "resumed.log").read_text()[-3000:]
+    union = pd.read_parquet(res / "trials.parquet")
+    assert len(union) == len(expected) == 3 and union["trial_id"].is_unique
+    assert set(union["status"]) <= {"complete", "stopped_early", "diverged"}  # no row of the fault's "failed"
+    for t, before in kept.items():  # the rows written before the fault stay as they were
+        pd.testing.assert_frame_equal(union[union["trial_id"] == t].reset_index(drop=True), before,
+                                      check_dtype=False)
+    check_optuna(res, "f", union)
+
+    # -- a part whose trials.parquet is valid Parquet of another table: set aside, its row written again
+    victim = sorted(union.loc[union["status"] == "complete", "trial_id"])[0]
+    shutil.copy(res / "parts" / victim / "epochs.parquet", res / "parts" / victim / "trials.parquet")
+    code = run_to_end(argv, tmp_path / "foreign.log")
+    foreign = study_lines(tmp_path / "foreign.log")
+    assert code == 0, (tmp_path / "foreign.log").read_text()[-3000:]
+    assert len([ln for ln in foreign if f"parts/{victim}/trials.parquet does not read back (ValueError: another "
+                                         f"schema" in ln]) == 1, foreign
+    again = pd.read_parquet(res / "trials.parquet")
+    pd.testing.assert_frame_equal(again.drop(columns=TIMINGS).set_index("trial_id").sort_index(),
+                                  union.drop(columns=TIMINGS).set_index("trial_id").sort_index(), check_dtype=False)
+
+    # -- Tune's experiment state truncated (as a full disk leaves it): the driver's whole copy put back
+    (state,) = sorted((res / "tune").glob("experiment_state-*.json"))[-1:]
+    state.write_bytes(state.read_bytes()[:4096])
+    code = run_to_end(argv, tmp_path / "truncated.log")
+    truncated = study_lines(tmp_path / "truncated.log")
+    assert code == 0, (tmp_path / "truncated.log").read_text()[-3000:]
+    assert len([ln for ln in truncated if "does not read back (truncated?)" in ln and "restored the copy" in ln]) == 1
+    last = pd.read_parquet(res / "trials.parquet")
+    pd.testing.assert_frame_equal(last.set_index("trial_id").sort_index(), again.set_index("trial_id").sort_index())
+    print("\n".join(f"{case}: exit {c}, last line: {lines[-1]}" for case, c, lines in (
+        ("full disk", 1, full), ("resumed", 0, resumed), ("foreign schema", 0, foreign),
+        ("truncated Tune state", 0, truncated))))
