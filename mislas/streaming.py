@@ -78,6 +78,11 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 CHUNK_CELLS_CPU = 1 << 20
 CHUNK_CELLS_GPU = 1 << 25
 
+HOLD_BYTES = 16 << 30
+"""Default budget for the val logits the final evaluation holds for the temperature fit (16 GiB:
+iNaturalist's 24,426 × 8,142 float32 logits are 0.80 GB per member, so 20 members are held
+whole; a larger group recomputes chunks of 20 from the held features)."""
+
 BF16_TEMPERATURE_RTOL = 2.0**-9
 """Stated bound on |T_bf16 / T − 1| when the val logits are held as bfloat16 (``hold_dtype``),
 tested in tests/mislas/test_streaming_eval.py (measured: at most 0.11 × this on trained-looking
@@ -268,14 +273,10 @@ def _result(e: EvalConfig, labels: np.ndarray, conf: np.ndarray, preds: np.ndarr
 
 # --- logits of every head, one backbone pass per batch --------------------------------------
 
-def head_logits(backbone: Network, heads: Sequence[nn.Module], batches: Batches, device: torch.device,
-                channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Per batch: every head's float32 logits [G, B, K] and the labels, on ``device``.
-
-    The same calls as :func:`mislas.stages.predict_heads` (bf16 autocast on CUDA), so the
-    logits are the same, without the move to the host.
-    """
-    from mislas.stages import _autocast, _to_device
+def _forward(backbone: Network, heads: Sequence[nn.Module], batches: Batches, device: torch.device,
+             channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per batch: the backbone's features, every head's float32 logits [G, B, K] and the labels, on ``device``."""
+    from mislas.stages import _to_device
 
     backbone.eval()
     for h in heads:
@@ -283,8 +284,31 @@ def head_logits(backbone: Network, heads: Sequence[nn.Module], batches: Batches,
     for x, y in batches:
         with torch.no_grad(), _autocast(device):
             feats = backbone.features(_to_device(x, device, channels_last))
-            logits = torch.stack([h(feats).float() for h in heads])
-        yield logits, y.to(device, non_blocking=True)
+        yield feats, _head_logits(heads, feats, device), y.to(device, non_blocking=True)
+
+
+def _head_logits(heads: Sequence[nn.Module], feats: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """[G, B, K] float32 logits of ``heads`` on one batch of features, as :func:`mislas.stages.predict_heads`
+    computes them (same calls, same autocast), so a recomputation gives the same values."""
+    with torch.no_grad(), _autocast(device):
+        return torch.stack([h(feats).float() for h in heads])
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    from mislas.stages import _autocast as stages_autocast
+
+    return stages_autocast(device)
+
+
+def head_logits(backbone: Network, heads: Sequence[nn.Module], batches: Batches, device: torch.device,
+                channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per batch: every head's float32 logits [G, B, K] and the labels, on ``device``.
+
+    The same calls as :func:`mislas.stages.predict_heads` (bf16 autocast on CUDA), so the
+    logits are the same, without the move to the host.
+    """
+    for _, logits, y in _forward(backbone, heads, batches, device, channels_last):
+        yield logits, y
 
 
 def stream_evaluate(backbone: Network, heads: Sequence[nn.Module], batches: Batches,
@@ -347,10 +371,11 @@ def fit_temperatures(held: Sequence[torch.Tensor], labels: Sequence[torch.Tensor
                 for r0 in range(0, int(z32.shape[1]), rows):
                     z = z32[g, r0:r0 + rows].double()
                     z -= z.amax(dim=1, keepdim=True)  # as temperature_fit shifts
-                    p = torch.softmax(beta * z, dim=1)
-                    m1 = (p * z).sum(dim=1)
-                    total[0] += (m1 - z.gather(1, y[r0:r0 + rows, None].long()).squeeze(1)).sum()
-                    total[1] += (p * (z - m1[:, None]).square()).sum()
+                    p = torch.softmax(z * beta, dim=1)
+                    m1 = torch.bmm(p.unsqueeze(1), z.unsqueeze(2)).view(-1)  # E_p[z] per row, no temporary
+                    total[0] += m1.sum() - z.gather(1, y[r0:r0 + rows, None].long()).sum()
+                    z -= m1[:, None]  # Var_p[z] = E_p[(z − E_p z)²], as calibration._grad_curv computes it
+                    total[1] += torch.dot(p.view(-1), z.square_().view(-1))
             grad, curv = total.tolist()
             return grad / n, curv / n
 
@@ -359,47 +384,76 @@ def fit_temperatures(held: Sequence[torch.Tensor], labels: Sequence[torch.Tensor
     return fits
 
 
+def _hold(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``logits`` as held for the fit: the tensor itself in its own dtype, else shifted by the row
+    max and cast (the rounding then is relative to z_max − z, see :data:`BF16_TEMPERATURE_RTOL`)."""
+    if dtype == logits.dtype:
+        return logits
+    return (logits - logits.amax(dim=2, keepdim=True)).to(dtype)
+
+
 def stream_final_evaluation(backbone: Network, heads: Sequence[nn.Module], val_batches: Batches,
                             test_batches: Batches, train_counts: Sequence[int] | np.ndarray,
                             evals: Sequence[EvalConfig], *, device: torch.device, channels_last: bool,
-                            hold_dtype: torch.dtype = torch.float32,
+                            hold_dtype: torch.dtype = torch.float32, hold_bytes: int = HOLD_BYTES,
                             cells: int | None = None) -> list[FinalEvaluation]:
     """:func:`mislas.stages.final_evaluation` streamed: val, T fitted on val, val_ts, then test and test_ts.
 
-    The val logits are held on ``device`` batch by batch (as ``hold_dtype``: float32 keeps
-    them exactly, bfloat16 halves them at :data:`BF16_TEMPERATURE_RTOL` on T); nothing of
-    N×K reaches the host.
+    The fit needs the val logits; they are held on ``device`` batch by batch (as
+    ``hold_dtype``: float32 keeps them exactly, bfloat16 halves them at
+    :data:`BF16_TEMPERATURE_RTOL` on T). While all G members' fit in ``hold_bytes`` they are
+    the tensors the heads produced (no copy); past it, only the val features are held
+    (N×D, one copy for all members) and the logits of as many members as fit are recomputed
+    from them, one chunk of members at a time (the same calls on the same tensors: the same
+    values, one more head pass per member). Nothing of N×K reaches the host.
     """
     from mislas.stages import FinalEvaluation
 
-    held: list[torch.Tensor] = []
+    feats: list[torch.Tensor] = []
+    held: list[torch.Tensor] | None = []
     ys: list[torch.Tensor] = []
     val: StreamingMetrics | None = None
-    for logits, y in head_logits(backbone, heads, val_batches, device, channels_last):
+    size = 0
+    for f, logits, y in _forward(backbone, heads, val_batches, device, channels_last):
         if val is None:
             val = StreamingMetrics(evals, int(logits.shape[2]), train_counts, device, cells=cells)
         val.update(logits, y)
-        if hold_dtype == logits.dtype:
-            held.append(logits)  # the tensor the heads produced: no copy
-        else:  # shifted by the row max first, so the rounding is relative to z_max − z (see BF16_TEMPERATURE_RTOL)
-            held.append((logits - logits.amax(dim=2, keepdim=True)).to(hold_dtype))
+        feats.append(f)
         ys.append(y)
+        size += logits.numel() * torch.empty((), dtype=hold_dtype).element_size()
+        if held is not None and size <= hold_bytes:
+            held.append(_hold(logits, hold_dtype))
+        elif held is not None:
+            held = None  # over the budget: the fit recomputes chunks of members from the features
     if val is None:
         raise ValueError("logits must hold at least one sample, got 0")
     val_res = val.results()
-    fits = fit_temperatures(held, ys, cells=cells)
-    temps = [f.temperature for f in fits]
-    k = int(held[0].shape[2])
-    val_ts = StreamingMetrics(evals, k, train_counts, device, cells=cells)
-    for z, y in zip(held, ys):
-        val_ts.update(_scaled(z, temps), y)
-    del held
+    k, g = int(val_res[0].per_class_acc.shape[0]), len(heads)
+    per_member = size // g
+    step = g if held is not None else max(1, hold_bytes // max(per_member, 1))
+    temps: list[float] = []
+    val_ts_res: list[EvalResult] = []
+    for g0 in range(0, g, step):
+        members = range(g0, min(g0 + step, g))
+        if held is not None:
+            part, feats = held, []  # every member's logits are held: the features are not needed
+        else:
+            part = [_hold(_head_logits([heads[i] for i in members], f, device), hold_dtype) for f in feats]
+        fits = [fit.temperature for fit in fit_temperatures(part, ys, cells=cells)]
+        acc = StreamingMetrics([evals[i] for i in members], k, train_counts, device, cells=cells)
+        for z, y in zip(part, ys):
+            acc.update(_scaled(z, fits), y)
+        del part
+        temps += fits
+        val_ts_res += acc.results()
+    held = None
+    del feats
     test = StreamingMetrics(evals, k, train_counts, device, cells=cells)
     test_ts = StreamingMetrics(evals, k, train_counts, device, cells=cells)
     for logits, y in head_logits(backbone, heads, test_batches, device, channels_last):
         test.update(logits, y)
         test_ts.update(_scaled(logits, temps), y)
-    test_res, val_ts_res, test_ts_res = test.results(), val_ts.results(), test_ts.results()
+    test_res, test_ts_res = test.results(), test_ts.results()
     return [FinalEvaluation(v, t, temp, vt, tt)
             for v, t, temp, vt, tt in zip(val_res, test_res, temps, val_ts_res, test_ts_res)]
 

@@ -274,3 +274,20 @@ def test_final_evaluation_with_bf16_held_logits(trained) -> None:
         assert_same(h.val, e.val, rel=0.0, nll_rel=0.0)  # the plain metrics do not see the held copy
         assert_same(h.test, e.test, rel=0.0, nll_rel=0.0)
         assert abs(h.temperature / e.temperature - 1.0) <= BF16_TEMPERATURE_RTOL
+
+
+@pytest.mark.parametrize("hold_bytes", [1, 2 * 16 * 3 * 4])
+def test_final_evaluation_over_the_hold_budget_recomputes_the_same(trained, hold_bytes: int) -> None:
+    """Past ``hold_bytes`` the fit recomputes the val logits from the held features, chunks of 1 and
+    of 2 members (16 val rows × 3 classes × 4 bytes per member): the same logits, so the same numbers."""
+    from mislas.stages import eval_batches
+
+    data, model, heads, cfgs = trained
+    whole = final_evaluation_streaming(model, heads, data, cfgs, CPU)
+    chunked = stream_final_evaluation(model, heads, eval_batches(data, "val", cfgs[0], CPU),
+                                      eval_batches(data, "test", cfgs[0], CPU), data.class_counts,
+                                      [c.eval for c in cfgs], device=CPU, channels_last=False, hold_bytes=hold_bytes)
+    for w, c in zip(whole, chunked):
+        assert c.temperature == w.temperature
+        for got, want in ((c.val, w.val), (c.test, w.test), (c.val_ts, w.val_ts), (c.test_ts, w.test_ts)):
+            assert_same(got, want, rel=0.0, nll_rel=0.0)
