@@ -121,6 +121,20 @@ def test_probabilities_on_bin_edges_bin_as_the_host_path() -> None:
             assert_same(got, evaluate_logits(z[g], y, counts, n_bins=n_bins))
 
 
+def test_nll_stays_finite_where_the_label_probability_underflows() -> None:
+    """Logits 1000× (T = 1e-2 on a large spread makes such): p_y underflows to 0 in float64 for many rows;
+    the NLL is still −log_softmax's finite value."""
+    z, y = _logits(2, 60, K, seed=3)
+    z = z * 1000.0
+    acc = StreamingMetrics(EVALS[:2], K, COUNTS, CPU)
+    acc.update(z, y)
+    for g, got in enumerate(acc.results()):
+        want = evaluate_logits(z[g], y, COUNTS, n_bins=EVALS[g].n_bins, many_above=EVALS[g].many_above,
+                               few_below=EVALS[g].few_below)
+        assert want.samples is not None and want.samples.nll.max() > 745.0  # beyond float64's exp range
+        assert_same(got, want)
+
+
 def test_stacked_heads_logits_stream() -> None:
     """The [G, B, K] logits of mislas.stacked.StackedHeads feed the accumulator directly."""
     torch.manual_seed(0)
@@ -291,3 +305,18 @@ def test_final_evaluation_over_the_hold_budget_recomputes_the_same(trained, hold
         assert c.temperature == w.temperature
         for got, want in ((c.val, w.val), (c.test, w.test), (c.val_ts, w.val_ts), (c.test_ts, w.test_ts)):
             assert_same(got, want, rel=0.0, nll_rel=0.0)
+
+
+def test_the_benchmark_compares_like_with_like() -> None:
+    """benchmarks.paper_scale.bench_eval times the host path and the streamed one on the same inputs:
+    they give the same results there too (tiny shape; the paper-scale one is the same code)."""
+    from benchmarks.paper_scale import eval_inputs
+    from mislas.stages import predict_heads
+    from mislas.streaming import stream_evaluate
+
+    val, _, backbone, heads, counts = eval_inputs(50, 30, 8, 2, 16)
+    logits, labels = predict_heads(backbone, heads, val, CPU, False)
+    got = stream_evaluate(backbone, heads, val, counts, [EvalConfig()] * 2, device=CPU, channels_last=False)
+    for g, lg in zip(got, logits):
+        assert_same(g, evaluate_logits(lg, labels, counts))
+    assert 20.0 < got[0].acc < 100.0  # trained-looking: right most of the time, not always
