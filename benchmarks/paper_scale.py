@@ -46,10 +46,11 @@ from torch import nn
 
 from benchmarks.legacy import StackedHeadsBefore, fit_temperature_before, rebuild_unions_before
 from benchmarks.synthetic import trained_logits
-from mislas.calibration import _grad_curv, temperature_fit
+from mislas.calibration import _grad_curv, temperature_fit, temperature_scaled_results
+from mislas.config import EvalConfig
 from mislas.data import lt_class_counts
 from mislas.las import LabelAwareSmoothing
-from mislas.models import ScaledClassifier
+from mislas.models import Network, ScaledClassifier
 from mislas.stacked import StackedHeads
 
 INAT_VAL, INAT_CLASSES = 24_426, 8_142
@@ -288,13 +289,123 @@ def bench_union(n_parts: int = 1000, k: int = 100, *, before: bool = False) -> d
         return out
     finally:
         shutil.rmtree(root, ignore_errors=True)
+EvalInputs = tuple[list[tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Tensor, torch.Tensor]], Network,
+                   list[nn.Module], list[int]]
+
+
+def eval_inputs(n: int, k: int, d: int, g: int, batch: int) -> EvalInputs:
+    """Val and test batches of trained-looking D-dim features (a class prototype plus noise, the
+    prototype of the label for 65 % of rows), an identity backbone, G linear heads D → K on the
+    prototypes (each its own logit scale) and long-tailed training counts."""
+    gen = torch.Generator().manual_seed(0)
+    proto = torch.nn.functional.normalize(torch.randn(k, d, generator=gen), dim=1)
+
+    def split(rows: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        y = torch.randint(0, k, (rows,), generator=gen)
+        target = torch.where(torch.rand(rows, generator=gen) < 0.65, y, torch.randint(0, k, (rows,), generator=gen))
+        x = proto[target] * 4.0 + torch.randn(rows, d, generator=gen) / d**0.5
+        return [(x[s:s + batch], y[s:s + batch]) for s in range(0, rows, batch)]
+
+    heads: list[nn.Module] = []
+    for i in range(g):
+        head = nn.Linear(d, k)
+        with torch.no_grad():
+            head.weight.copy_(proto * (2.0 + 0.5 * i))
+            head.bias.zero_()
+        heads.append(head)
+    return split(n), split(n), Network(nn.Identity(), d, k), heads, lt_class_counts(k, 1000, 500.0)
+
+
+def _measured(run: Callable[[], Any], g: int) -> dict[str, float]:
+    """Peak extra RSS (total and ÷ G) and CPU / wall seconds of one call of ``run``."""
+    clock = _Clock()
+
+    def timed() -> None:
+        with clock:
+            run()
+
+    peak = peak_window(timed)
+    return {"peak_bytes": peak, "bytes_per_member": peak / g, "cpu_s": clock.cpu, "wall_s": clock.wall}
+
+
+def bench_eval(n: int = INAT_VAL // 8, k: int = INAT_CLASSES, d: int = 2048, *, g: int = 2, batch: int = 512,
+               before: bool = False) -> dict[str, Any]:
+    """Host bytes and time of evaluating G heads on iNaturalist-shaped data: today's path (``before``)
+    against :mod:`mislas.streaming`, both on the CPU (so the "device" is the host here).
+
+    Inputs from :func:`eval_inputs`: ``n`` val and ``n`` test rows in batches of ``batch``.
+    Two calls each: the per-epoch evaluation (``evaluate_heads``: val) and the final one (val,
+    test, temperature scaling). Bytes: the peak RSS over the call minus the RSS at its start
+    (:func:`peak_window`; features, heads and labels exist before), ÷ G. Time: CPU seconds
+    (:class:`_Clock`), with ``logits_cpu_s``, one pass of the heads over the val rows without
+    metrics, which both paths pay. Scaled from ``n`` to iNaturalist's 24,426 val rows: the host
+    path's bytes grow as N (N×K float32 logits), so ×24,426/n; the streaming path's are one
+    batch of logits (B×K×4 per member on a CPU device, none on a GPU) and the chunk scratch
+    (fixed), plus the per-sample vectors kept for SampleOutcomes (label, correct, confidence,
+    NLL: 25 bytes per row and result), so + 25 × (24,426 − n) per result, and in the final
+    evaluation the held val logits, + (24,426 − n)·K·4.
+    """
+    from mislas.metrics import evaluate_logits
+    from mislas.stages import predict_heads
+    from mislas.streaming import held_bytes, stream_evaluate, stream_final_evaluation
+
+    cpu = torch.device("cpu")
+    val, test, backbone, heads, counts = eval_inputs(n, k, d, g, batch)
+    evals = [EvalConfig()] * g
+    with _Clock() as lc, torch.no_grad():
+        for x, _ in val:
+            for h in heads:
+                h(x)
+
+    def host_eval() -> None:  # mislas.stages.evaluate_heads' body
+        logits, labels = predict_heads(backbone, heads, val, cpu, False)
+        for lg in logits:
+            evaluate_logits(lg, labels, counts)
+
+    def host_final() -> None:  # mislas.stages.final_evaluation's body
+        lv, yv = predict_heads(backbone, heads, val, cpu, False)
+        lt, yt = predict_heads(backbone, heads, test, cpu, False)
+        for a, b in zip(lv, lt):
+            evaluate_logits(a, yv, counts)
+            evaluate_logits(b, yt, counts)
+            temperature_scaled_results(a, yv, b, yt, counts)
+
+    runs: dict[str, Callable[[], Any]] = {
+        "eval": lambda: stream_evaluate(backbone, heads, val, counts, evals, device=cpu,
+                                        channels_last=False),
+        "final": lambda: stream_final_evaluation(backbone, heads, val, test, counts, evals,
+                                                 device=cpu, channels_last=False),
+    }
+    if before:
+        runs.update(eval_before=host_eval, final_before=host_final)
+    measured = {name: _measured(run, g) for name, run in runs.items()}
+    per_row, extra = 25, INAT_VAL - n  # int64 label + bool correct + float64 confidence + float64 NLL
+    out: dict[str, Any] = {
+        "shape": {"N": n, "K": k, "D": d, "G": g, "B": batch}, "logits_cpu_s": lc.cpu, "logits_wall_s": lc.wall,
+        "measured": measured, "scaled_to_n": INAT_VAL,
+        "host_bytes_per_member": measured["eval"]["bytes_per_member"] + per_row * extra,
+        # four results (val, test, both after T) keep per-sample vectors; on the CPU the held val
+        # logits (N×K float32 per member) are host memory too
+        "final_host_bytes_per_member": measured["final"]["bytes_per_member"] + 4 * per_row * extra
+        + held_bytes(extra, k, 1),
+        "held_device_bytes_per_member_inat": held_bytes(INAT_VAL, k, 1),
+        "host_bytes_per_member_on_gpu_inat": {"eval": per_row * INAT_VAL, "final": 4 * per_row * INAT_VAL},
+    }
+    if before:
+        scale = INAT_VAL / n
+        out["host_bytes_per_member_before"] = measured["eval_before"]["bytes_per_member"] * scale
+        out["final_host_bytes_per_member_before"] = measured["final_before"]["bytes_per_member"] * scale
+        out["eval_cpu_s_ratio"] = measured["eval_before"]["cpu_s"] / measured["eval"]["cpu_s"]
+        out["final_cpu_s_ratio"] = measured["final_before"]["cpu_s"] / measured["final"]["cpu_s"]
+    return out
 
 
 def paper_scale(*, before: bool = False) -> dict[str, Any]:
-    """Both benchmarks, with the figures issue 16 names at the top level."""
+    """Every paper-scale benchmark, with the figures issue 16 names at the top level."""
     st = bench_stacked(before=before)
     tf = bench_temperature(before=before)
     un = bench_union(before=before)
+    ev = bench_eval(before=before)
     flat: dict[str, Any] = {
         "stacked_vs_loop_2048x1000_g16": st["stacked_vs_loop"],
         "stacked_peak_copies_2048x1000_g16": st["peak_copies"]["stacked"],
@@ -303,6 +414,7 @@ def paper_scale(*, before: bool = False) -> dict[str, Any]:
         "tf_s_per_softmax_inat": tf["s_per_softmax"],
         "union_s_per_1k_parts_k100": un["after"]["s_per_1k_parts"],
         "union_peak_bytes_k100": un["after"]["peak_bytes"],
+        "eval_host_bytes_per_member_inat": ev["host_bytes_per_member"],
     }
     if before:
         flat.update({
@@ -312,5 +424,6 @@ def paper_scale(*, before: bool = False) -> dict[str, Any]:
             "tf_s_per_softmax_inat_before": tf["before"]["s_per_softmax"],
             "union_s_per_1k_parts_k100_before": un["before"]["s_per_1k_parts"],
             "union_peak_bytes_k100_before": un["before"]["peak_bytes"],
+            "eval_host_bytes_per_member_inat_before": ev["host_bytes_per_member_before"],
         })
-    return {**flat, "stacked": st, "temperature": tf, "union": un}
+    return {**flat, "stacked": st, "temperature": tf, "union": un, "eval": ev}

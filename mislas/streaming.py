@@ -1,0 +1,513 @@
+"""Streaming evaluation (issue 16): every head of a group evaluated batch by batch on the device
+where the model is, all members at once, with no N×K logits on the host.
+
+Why: the host path (:func:`mislas.stages.evaluate_heads`) moves every batch's logits to the
+host and concatenates them (N×K float32 per member, 0.8 GB at iNaturalist's 24,426 × 8,142,
+twice while ``torch.cat`` runs), then walks them in numpy several times per member. Here each
+batch's [G, B, K] logits stay on the device and are reduced at once to what the metrics need:
+
+- per (member, class, bin): the summed 1[y = k] and summed p_k of classwise ECE
+  (:func:`mislas.metrics._classwise_sums`), binned by the same right-closed bins on the same
+  float64 edges (``torch.bucketize`` with ``right=False`` is ``np.searchsorted(side="left")``;
+  nothing is sorted). Only the probabilities above the first edge need binning, fewer than
+  ``n_bins`` per row since a row sums to 1 (e.g. at most 14 of iNaturalist's 8,142), so bin 0
+  takes each class's column sum and those few (``nonzero``) move to their bins by
+  ``index_add_``;
+- per member: the Brier sum, Σ p² + Σ_i ((p_y − 1)² − p_y²) (:func:`mislas.metrics._brier_sum`
+  expanded);
+- per (member, sample): the top-1 confidence and prediction (float32 softmax, as
+  :func:`mislas.metrics.evaluate_logits` takes them) and the float64 NLL of the label, from
+  the float64 softmax: −log p_y = (z_j − z_y) − log p_j with j the prediction, which stays
+  finite where p_y underflows (as ``log_softmax`` does).
+
+These N-vectors are what :class:`mislas.metrics.SampleOutcomes` keeps anyway (N·25 bytes per
+member, 0.6 MB at iNaturalist, against 0.8–1.6 GB of logits), so ECE, MCE, reliability bins,
+adaptive and per-split ECE, per-class accuracy, Many/Medium/Few and the confidence quantiles
+are computed from them by :mod:`mislas.metrics`' own functions: the same numbers, quantiles
+exact (``np.quantile`` over the split's N confidences, no histogram and no tolerance).
+
+Agreement with the host path: confidence, prediction, top-1 and everything binned on the
+confidence equal it bit for bit (same float32 softmax per row); classwise ECE, Brier and the
+per-sample NLL are float64 sums in another order (relative 1e-12); ``nll`` is the mean of the
+float64 per-sample NLL where the host path averages float32 cross-entropies (relative 1e-6).
+
+Temperature scaling (:func:`stream_final_evaluation`): the val pass also keeps each batch's
+[G, B, K] logits on the device (the tensors the heads produced: no copy, no concatenation;
+optionally as bfloat16, see :data:`BF16_TEMPERATURE_RTOL`), T is fitted per member by
+:mod:`mislas.calibration`'s Newton with each pass over the held logits on the device, val_ts
+is streamed from them, and the test pass streams the plain and the /T metrics from one
+backbone pass (test logits are never held).
+
+Import note: :mod:`mislas.stages` (which calls this module) is imported inside the functions
+that need it, so either module can be imported first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mislas.calibration import TemperatureFit, _newton_beta
+from mislas.config import EvalConfig, RunConfig
+from mislas.data import LTData
+from mislas.metrics import (
+    EvalResult,
+    SampleOutcomes,
+    _bin_upper,
+    _check_n_bins,
+    _percent,
+    adaptive_ece,
+    confidence_by_split,
+    ece_mce,
+    per_class_accuracy,
+    reliability_bins,
+    split_accuracy,
+    split_ece,
+)
+from mislas.models import Network
+
+if TYPE_CHECKING:
+    from mislas.stages import FinalEvaluation
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+# Cells (member × row × class) per chunk of the float64 work: the temporaries stay near
+# 28 bytes × this (float32 softmax, float64 softmax, int64 bin index), 29 MB on the CPU and
+# 0.9 GB on a GPU, whatever G, B and K are.
+CHUNK_CELLS_CPU = 1 << 20
+CHUNK_CELLS_GPU = 1 << 25
+
+HOLD_BYTES = 16 << 30
+"""Default budget for the val logits the final evaluation holds for the temperature fit (16 GiB:
+iNaturalist's 24,426 × 8,142 float32 logits are 0.80 GB per member, so 20 members are held
+whole; a larger group recomputes chunks of 20 from the held features)."""
+
+BF16_TEMPERATURE_RTOL = 2.0**-9
+"""Stated bound on |T_bf16 / T − 1| when the val logits are held as bfloat16 (``hold_dtype``),
+tested in tests/mislas/test_streaming_eval.py (measured: at most 0.11 × this on trained-looking
+logits, K = 10 … 1000). bfloat16 keeps 8 significant bits, so each held value is rounded by at
+most 2⁻⁹ relative; the held values are z − max z (softmax and the fit are shift-invariant),
+so the rounding is relative to each logit's distance from its row's top, not to a common
+offset. One common factor 1 + δ on all of them moves T by exactly 1 + δ; independent
+roundings partly cancel. float16 (2⁻¹¹) does better still."""
+
+
+def chunk_cells(device: torch.device) -> int:
+    """The default :data:`CHUNK_CELLS_CPU` / :data:`CHUNK_CELLS_GPU` for ``device``."""
+    return CHUNK_CELLS_CPU if device.type == "cpu" else CHUNK_CELLS_GPU
+
+
+def _chunks(g: int, b: int, k: int, cells: int) -> Iterator[tuple[slice, slice]]:
+    """(members, rows) slices of at most ``cells`` cells of a [g, b, k] batch (whole members when one fits)."""
+    per_member = b * k
+    if per_member <= cells:
+        step = max(1, cells // max(per_member, 1))
+        for g0 in range(0, g, step):
+            yield slice(g0, min(g0 + step, g)), slice(0, b)
+        return
+    rows = max(1, cells // max(k, 1))
+    for g0 in range(g):
+        for r0 in range(0, b, rows):
+            yield slice(g0, g0 + 1), slice(r0, min(r0 + rows, b))
+
+
+def _check_labels(labels: torch.Tensor, b: int, k: int) -> None:
+    if labels.ndim != 1 or labels.shape[0] != b:
+        raise ValueError(f"labels must have shape [B] with B = {b} (the logits' batch), got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if b:
+        lo, hi = (int(v) for v in torch.aminmax(labels))
+        if lo < 0 or hi >= k:
+            raise ValueError(f"labels must lie in [0, {k - 1}] for K = {k} classes, got range [{lo}, {hi}]")
+
+
+class StreamingMetrics:
+    """Per-batch accumulation of every :class:`EvalResult` field for G members on one device.
+
+    ``evals[g]`` is member g's eval settings (bins, Many/Medium/Few); ``train_counts`` the
+    training images per class. :meth:`update` takes a batch's [G, B, K] logits (from a list of
+    heads, or :class:`mislas.stacked.StackedHeads`) and labels on the device; :meth:`results`
+    gives one :class:`EvalResult` per member, equal to :func:`mislas.metrics.evaluate_logits`
+    on that member's concatenated logits (see the module docstring for the agreement).
+    """
+
+    def __init__(self, evals: Sequence[EvalConfig], num_classes: int, train_counts: Sequence[int] | np.ndarray,
+                 device: torch.device, *, cells: int | None = None) -> None:
+        if not evals:
+            raise ValueError("StreamingMetrics needs the eval settings of at least one member, got none")
+        counts = np.asarray(train_counts)
+        if counts.ndim != 1 or counts.shape[0] != num_classes:
+            raise ValueError(f"train_counts must have one entry per class (K = {num_classes}), "
+                             f"got shape {counts.shape}")
+        self.evals = list(evals)
+        self.k = int(num_classes)
+        self.counts = counts
+        self.device = torch.device(device)
+        self.cells = cells if cells is not None else chunk_cells(self.device)
+        g = len(self.evals)
+        self.n_bins = [_check_n_bins(e.n_bins) for e in self.evals]
+        # member g's classwise sums live at [start[g], start[g] + K·n_bins[g]) of one flat buffer
+        starts = np.concatenate(([0], np.cumsum([self.k * n for n in self.n_bins])))
+        self._start = torch.as_tensor(starts[:-1], dtype=torch.int64, device=self.device)
+        self._span = [(int(starts[i]), int(starts[i + 1])) for i in range(g)]
+        self._hits = torch.zeros(int(starts[-1]), dtype=torch.float64, device=self.device)
+        self._psum = torch.zeros_like(self._hits)
+        self._edges = {n: torch.as_tensor(_bin_upper(n), device=self.device) for n in set(self.n_bins)}
+        self._class_base = {n: torch.arange(self.k, device=self.device) * n for n in set(self.n_bins)}
+        self._brier = torch.zeros(g, dtype=torch.float64, device=self.device)
+        self._conf: list[torch.Tensor] = []
+        self._pred: list[torch.Tensor] = []
+        self._nll: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+
+    @property
+    def num_samples(self) -> int:
+        return sum(int(y.shape[0]) for y in self._labels)
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add one batch: ``logits`` [G, B, K] (float; half precision is promoted to float32) and ``labels`` [B]."""
+        g = len(self.evals)
+        if logits.ndim != 3 or logits.shape[0] != g or logits.shape[2] != self.k:
+            raise ValueError(f"logits must have shape [G, B, K] with G = {g}, K = {self.k}, got {tuple(logits.shape)}")
+        if not logits.dtype.is_floating_point:
+            raise ValueError(f"logits must be floating point, got dtype {logits.dtype}")
+        b = int(logits.shape[1])
+        labels = labels.to(self.device)
+        _check_labels(labels, b, self.k)
+        labels = labels.long()
+        work = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        conf = torch.empty((g, b), dtype=work.dtype, device=self.device)
+        pred = torch.empty((g, b), dtype=torch.int64, device=self.device)
+        nll = torch.empty((g, b), dtype=torch.float64, device=self.device)
+        for members, rows in _chunks(g, b, self.k, self.cells):
+            part = work[members, rows]
+            y = labels[rows]
+            c, pr = F.softmax(part, dim=2).max(dim=2)  # evaluate_logits' confidence and prediction
+            conf[members, rows], pred[members, rows] = c, pr
+            p = F.softmax(part, dim=2, dtype=torch.float64)
+            gy = y.view(1, -1, 1).expand(part.shape[0], -1, 1)
+            py = p.gather(2, gy).squeeze(2)
+            # −log p_y = (z_j − z_y) − log p_j for any class j; j = the prediction keeps p_j
+            # near the top (no underflow where p_y underflows, as log_softmax)
+            gj = pr.unsqueeze(2)
+            shift = part.gather(2, gj).squeeze(2).double() - part.gather(2, gy).squeeze(2).double()
+            nll[members, rows] = shift - p.gather(2, gj).squeeze(2).log()
+            flat = p.view(p.shape[0], 1, -1)
+            sq = torch.bmm(flat, flat.transpose(1, 2)).view(-1)  # Σ p², without a temporary of p's size
+            self._brier[members] += sq + ((py - 1.0).square() - py.square()).sum(dim=1)
+            self._classwise(members, p, py, y)
+        self._conf.append(conf)
+        self._pred.append(pred)
+        self._nll.append(nll)
+        self._labels.append(labels)
+
+    def _classwise(self, members: slice, p: torch.Tensor, py: torch.Tensor, y: torch.Tensor) -> None:
+        """:func:`mislas.metrics._classwise_sums` of a chunk, into each member's flat sums."""
+        idx = list(range(len(self.evals)))[members]
+        for n in sorted({self.n_bins[i] for i in idx}):
+            local = [j for j, i in enumerate(idx) if self.n_bins[i] == n]
+            pick = torch.tensor(local, device=self.device)
+            pp = p if len(local) == len(idx) else p.index_select(0, pick)
+            yy = py if len(local) == len(idx) else py.index_select(0, pick)
+            start = self._start[members].index_select(0, pick)
+            edges = self._edges[n]
+            # Bin 0 of each (member, class) takes the column sum; the few p above the first edge
+            # (fewer than n per row, as a row sums to 1) then move to their own bins.
+            first = start.view(-1, 1) + self._class_base[n].view(1, -1)  # flat cell of bin 0, [members, K]
+            self._psum.index_add_(0, first.view(-1), pp.sum(dim=1).view(-1))
+            member, row, cls = (pp > edges[0]).nonzero(as_tuple=True)
+            vals = pp[member, row, cls]
+            cell = first[member, cls]
+            self._psum.index_add_(0, cell + torch.bucketize(vals, edges).clamp_max_(n - 1), vals)
+            self._psum.index_add_(0, cell, vals.neg())
+            hit = torch.bucketize(yy, edges).clamp_max_(n - 1) + y.view(1, -1) * n + start.view(-1, 1)
+            self._hits.index_add_(0, hit.view(-1), torch.ones_like(yy).view(-1))
+
+    def results(self) -> list[EvalResult]:
+        """One :class:`EvalResult` per member, as :func:`mislas.metrics.evaluate_logits` builds it."""
+        n = self.num_samples
+        if n == 0:
+            raise ValueError("logits must hold at least one sample, got 0")
+        labels = torch.cat(self._labels).cpu().numpy()
+        conf = torch.cat(self._conf, 1).double().cpu().numpy()
+        pred = torch.cat(self._pred, 1).cpu().numpy()
+        nll = torch.cat(self._nll, 1).cpu().numpy()
+        brier = self._brier.cpu().numpy()
+        gap = (self._hits - self._psum).abs().cpu().numpy()
+        out = []
+        for g, e in enumerate(self.evals):
+            lo, hi = self._span[g]
+            out.append(_result(e, labels, conf[g], pred[g], nll[g], self.counts, self.k,
+                               classwise=float(gap[lo:hi].sum() / (n * self.k)), brier_sum=float(brier[g])))
+        return out
+
+
+def _result(e: EvalConfig, labels: np.ndarray, conf: np.ndarray, preds: np.ndarray, nll: np.ndarray,
+            counts: np.ndarray, k: int, *, classwise: float, brier_sum: float) -> EvalResult:
+    """The tail of :func:`mislas.metrics.evaluate_logits`: every field from the N-vectors and the sums."""
+    n = int(labels.shape[0])
+    correct = preds == labels
+    n_bins = e.n_bins
+    ece, mce = ece_mce(conf, correct, n_bins=n_bins)
+    pca = 100.0 * per_class_accuracy(preds, labels, k)
+    splits = split_accuracy(pca, counts, many_above=e.many_above, few_below=e.few_below,
+                            index_ranges=e.index_ranges)
+    s_ece = split_ece(conf, correct, labels, counts, n_bins=n_bins, many_above=e.many_above,
+                      few_below=e.few_below, index_ranges=e.index_ranges)
+    return EvalResult(
+        acc=100.0 * float(correct.mean()),
+        acc_many=splits["many"],
+        acc_medium=splits["medium"],
+        acc_few=splits["few"],
+        ece=100.0 * ece,
+        mce=100.0 * mce,
+        nll=float(nll.mean()),
+        per_class_acc=pca,
+        reliability=reliability_bins(conf, correct, n_bins=n_bins),
+        num_samples=n,
+        classwise_ece=100.0 * classwise,
+        adaptive_ece=100.0 * adaptive_ece(conf, correct, n_bins=n_bins),
+        brier=brier_sum / n,
+        ece_many=_percent(s_ece["many"]),
+        ece_medium=_percent(s_ece["medium"]),
+        ece_few=_percent(s_ece["few"]),
+        confidence_quantiles=confidence_by_split(conf, labels, counts, many_above=e.many_above,
+                                                  few_below=e.few_below, index_ranges=e.index_ranges),
+        samples=SampleOutcomes(label=labels.astype(np.int64), correct=correct, confidence=conf, nll=nll),
+    )
+
+
+# --- logits of every head, one backbone pass per batch --------------------------------------
+
+def _forward(backbone: Network, heads: Sequence[nn.Module], batches: Batches, device: torch.device,
+             channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per batch: the backbone's features, every head's float32 logits [G, B, K] and the labels, on ``device``."""
+    from mislas.stages import _to_device
+
+    backbone.eval()
+    for h in heads:
+        h.eval()
+    for x, y in batches:
+        with torch.no_grad(), _autocast(device):
+            feats = backbone.features(_to_device(x, device, channels_last))
+        yield feats, _head_logits(heads, feats, device), y.to(device, non_blocking=True)
+
+
+def _head_logits(heads: Sequence[nn.Module], feats: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """[G, B, K] float32 logits of ``heads`` on one batch of features, as :func:`mislas.stages.predict_heads`
+    computes them (same calls, same autocast), so a recomputation gives the same values."""
+    with torch.no_grad(), _autocast(device):
+        return torch.stack([h(feats).float() for h in heads])
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    from mislas.stages import _autocast as stages_autocast
+
+    return stages_autocast(device)
+
+
+def head_logits(backbone: Network, heads: Sequence[nn.Module], batches: Batches, device: torch.device,
+                channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per batch: every head's float32 logits [G, B, K] and the labels, on ``device``.
+
+    The same calls as :func:`mislas.stages.predict_heads` (bf16 autocast on CUDA), so the
+    logits are the same, without the move to the host.
+    """
+    for _, logits, y in _forward(backbone, heads, batches, device, channels_last):
+        yield logits, y
+
+
+def stream_evaluate(backbone: Network, heads: Sequence[nn.Module], batches: Batches,
+                    train_counts: Sequence[int] | np.ndarray, evals: Sequence[EvalConfig], *,
+                    device: torch.device, channels_last: bool, cells: int | None = None) -> list[EvalResult]:
+    """Every head's :class:`EvalResult` on ``batches``, one backbone pass per batch, streamed on ``device``."""
+    acc: StreamingMetrics | None = None
+    for logits, y in head_logits(backbone, heads, batches, device, channels_last):
+        if acc is None:
+            acc = StreamingMetrics(evals, int(logits.shape[2]), train_counts, device, cells=cells)
+        acc.update(logits, y)
+    if acc is None:
+        raise ValueError("logits must hold at least one sample, got 0")
+    return acc.results()
+
+
+# --- temperature scaling on the held logits -------------------------------------------------
+
+def _scaled(logits: torch.Tensor, temperatures: Sequence[float]) -> torch.Tensor:
+    """Member g's logits / T_g, each as :func:`mislas.calibration.apply_temperature` divides."""
+    work = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    out = torch.empty_like(work)
+    for g, t in enumerate(temperatures):
+        torch.div(work[g], t, out=out[g])
+    return out
+
+
+@torch.no_grad()
+def fit_temperatures(held: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], *,
+                     cells: int | None = None) -> list[TemperatureFit]:
+    """:func:`mislas.calibration.temperature_fit` of every member on logits held batch by batch.
+
+    ``held[i]`` is batch i's [G, B, K] logits and ``labels[i]`` its labels, on one device;
+    each Newton pass walks member g's rows there in float64 chunks and syncs once. Same
+    method, stopping rule and bounds as the host fit (:func:`mislas.calibration._newton_beta`),
+    so the same T to ~1e-12 relative (the sums run in another order). Non-finite logits raise
+    ValueError as :func:`mislas.calibration.fit_temperature` does.
+    """
+    if not held:
+        raise ValueError("val_logits must hold at least one sample, got 0")
+    device = held[0].device
+    step_cells = cells if cells is not None else chunk_cells(device)
+    g_count, k = int(held[0].shape[0]), int(held[0].shape[2])
+    n = sum(int(z.shape[1]) for z in held)
+    rows = max(1, step_cells // max(k, 1))
+    fits = []
+    for g in range(g_count):
+        bad = sum((~torch.isfinite(z[g])).sum() for z in held)
+        if int(bad):
+            n_nan = int(sum(torch.isnan(z[g]).sum() for z in held))
+            raise ValueError(f"val_logits must be finite, got {n_nan} NaN and {int(bad) - n_nan} infinite entries")
+        spread = sum(bool((z[g].amax(1) != z[g].amin(1)).any()) for z in held)
+        if not spread:
+            fits.append(TemperatureFit(1.0, 0))  # every row constant: softmax is uniform for every T
+            continue
+
+        def grad_curv(beta: float, g: int = g) -> tuple[float, float]:
+            total = torch.zeros(2, dtype=torch.float64, device=device)
+            for z32, y in zip(held, labels):
+                for r0 in range(0, int(z32.shape[1]), rows):
+                    z = z32[g, r0:r0 + rows].double()
+                    z -= z.amax(dim=1, keepdim=True)  # as temperature_fit shifts
+                    p = torch.softmax(z * beta, dim=1)
+                    m1 = torch.bmm(p.unsqueeze(1), z.unsqueeze(2)).view(-1)  # E_p[z] per row, no temporary
+                    total[0] += m1.sum() - z.gather(1, y[r0:r0 + rows, None].long()).sum()
+                    z -= m1[:, None]  # Var_p[z] = E_p[(z − E_p z)²], as calibration._grad_curv computes it
+                    total[1] += torch.dot(p.view(-1), z.square_().view(-1))
+            grad, curv = total.tolist()
+            return grad / n, curv / n
+
+        beta, passes = _newton_beta(grad_curv)
+        fits.append(TemperatureFit(1.0 / beta, passes))
+    return fits
+
+
+def _hold(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``logits`` as held for the fit: the tensor itself in its own dtype, else shifted by the row
+    max and cast (the rounding then is relative to z_max − z, see :data:`BF16_TEMPERATURE_RTOL`)."""
+    if dtype == logits.dtype:
+        return logits
+    return (logits - logits.amax(dim=2, keepdim=True)).to(dtype)
+
+
+def stream_final_evaluation(backbone: Network, heads: Sequence[nn.Module], val_batches: Batches,
+                            test_batches: Batches, train_counts: Sequence[int] | np.ndarray,
+                            evals: Sequence[EvalConfig], *, device: torch.device, channels_last: bool,
+                            hold_dtype: torch.dtype = torch.float32, hold_bytes: int = HOLD_BYTES,
+                            cells: int | None = None) -> list[FinalEvaluation]:
+    """:func:`mislas.stages.final_evaluation` streamed: val, T fitted on val, val_ts, then test and test_ts.
+
+    The fit needs the val logits; they are held on ``device`` batch by batch (as
+    ``hold_dtype``: float32 keeps them exactly, bfloat16 halves them at
+    :data:`BF16_TEMPERATURE_RTOL` on T). While all G members' fit in ``hold_bytes`` they are
+    the tensors the heads produced (no copy); past it, only the val features are held
+    (N×D, one copy for all members) and the logits of as many members as fit are recomputed
+    from them, one chunk of members at a time (the same calls on the same tensors: the same
+    values, one more head pass per member). Nothing of N×K reaches the host.
+    """
+    from mislas.stages import FinalEvaluation
+
+    feats: list[torch.Tensor] = []
+    held: list[torch.Tensor] | None = []
+    ys: list[torch.Tensor] = []
+    val: StreamingMetrics | None = None
+    size = 0
+    for f, logits, y in _forward(backbone, heads, val_batches, device, channels_last):
+        if val is None:
+            val = StreamingMetrics(evals, int(logits.shape[2]), train_counts, device, cells=cells)
+        val.update(logits, y)
+        feats.append(f)
+        ys.append(y)
+        size += logits.numel() * torch.empty((), dtype=hold_dtype).element_size()
+        if held is not None and size <= hold_bytes:
+            held.append(_hold(logits, hold_dtype))
+        elif held is not None:
+            held = None  # over the budget: the fit recomputes chunks of members from the features
+    if val is None:
+        raise ValueError("logits must hold at least one sample, got 0")
+    val_res = val.results()
+    k, g = int(val_res[0].per_class_acc.shape[0]), len(heads)
+    per_member = size // g
+    step = g if held is not None else max(1, hold_bytes // max(per_member, 1))
+    temps: list[float] = []
+    val_ts_res: list[EvalResult] = []
+    for g0 in range(0, g, step):
+        members = range(g0, min(g0 + step, g))
+        if held is not None:
+            part, feats = held, []  # every member's logits are held: the features are not needed
+        else:
+            part = [_hold(_head_logits([heads[i] for i in members], f, device), hold_dtype) for f in feats]
+        fits = [fit.temperature for fit in fit_temperatures(part, ys, cells=cells)]
+        acc = StreamingMetrics([evals[i] for i in members], k, train_counts, device, cells=cells)
+        for z, y in zip(part, ys):
+            acc.update(_scaled(z, fits), y)
+        del part
+        temps += fits
+        val_ts_res += acc.results()
+    held = None
+    del feats
+    test = StreamingMetrics(evals, k, train_counts, device, cells=cells)
+    test_ts = StreamingMetrics(evals, k, train_counts, device, cells=cells)
+    for logits, y in head_logits(backbone, heads, test_batches, device, channels_last):
+        test.update(logits, y)
+        test_ts.update(_scaled(logits, temps), y)
+    test_res, test_ts_res = test.results(), test_ts.results()
+    return [FinalEvaluation(v, t, temp, vt, tt)
+            for v, t, temp, vt, tt in zip(val_res, test_res, temps, val_ts_res, test_ts_res)]
+
+
+# --- drop-in replacements of the host path ------------------------------------------------
+
+def evaluate_heads_streaming(backbone: Network, heads: Sequence[nn.Module], data: LTData, split: str,
+                             cfgs: Sequence[RunConfig], device: torch.device) -> list[EvalResult]:
+    """:func:`mislas.stages.evaluate_heads`, same signature and results, streamed on ``device``."""
+    from mislas.stages import eval_batches
+
+    ref = cfgs[0]
+    return stream_evaluate(backbone, heads, eval_batches(data, split, ref, device), data.class_counts,
+                           [c.eval for c in cfgs], device=device, channels_last=ref.channels_last)
+
+
+def final_evaluation_streaming(backbone: Network, heads: Sequence[nn.Module], data: LTData,
+                               cfgs: Sequence[RunConfig], device: torch.device) -> list[FinalEvaluation]:
+    """:func:`mislas.stages.final_evaluation`, same signature and results, streamed on ``device``."""
+    from mislas.stages import eval_batches
+
+    ref = cfgs[0]
+    return stream_final_evaluation(backbone, heads, eval_batches(data, "val", ref, device),
+                                   eval_batches(data, "test", ref, device), data.class_counts,
+                                   [c.eval for c in cfgs], device=device, channels_last=ref.channels_last)
+
+
+def held_bytes(num_samples: int, num_classes: int, num_members: int, dtype: torch.dtype = torch.float32) -> int:
+    """Device bytes the final evaluation holds for the temperature fit: G·N·K·itemsize."""
+    return num_members * num_samples * num_classes * torch.empty((), dtype=dtype).element_size()
+
+
+__all__ = [
+    "BF16_TEMPERATURE_RTOL",
+    "StreamingMetrics",
+    "evaluate_heads_streaming",
+    "final_evaluation_streaming",
+    "fit_temperatures",
+    "head_logits",
+    "held_bytes",
+    "stream_evaluate",
+    "stream_final_evaluation",
+]
+
