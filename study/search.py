@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from mislas.spec import member_row_ids
 from study.groups import member_result
 from study.records import Stage2Setting, TrialMember, TrialSpec
 from study.schema import CONFIRM_VARIANT
@@ -263,7 +264,7 @@ class StudySearcher(Searcher):
         n = min(self.group_size, self.n_trials[stream] - self.issued[stream])
         seed = self.seeds[j % len(self.seeds)]
         t6 = self.table6[stream]
-        ids = [trial_id] if n == 1 else [f"{trial_id}-g{k}" for k in range(n)]
+        ids = member_row_ids(trial_id, n)
         members = []
         for k, mid in enumerate(ids):
             paper_slot = k == 0 and j < len(self.seeds)
