@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from mislas.metrics import ArrayLike, EvalResult, _check_logits_labels, _np, _torch, evaluate_logits
+from mislas.metrics import ArrayLike, EvalResult, evaluate_logits
+from mislas.metrics.inputs import _check_logits_labels, _np, _torch
 
 # The search interval for T. A fit that ends on a bound means the NLL is still falling there
 # (separable data for the lower bound, logits carrying no signal for the upper one).
@@ -199,7 +200,7 @@ def temperature_scaled_results(
     """Fit T on validation, then evaluate validation and test logits divided by T.
 
     T comes from validation only, so test numbers stay unselected. ``evaluate_logits_kwargs``
-    go to :func:`mislas.metrics.evaluate_logits` (``n_bins``, ``many_above``, ...).
+    go to :func:`mislas.metrics.evaluate_logits` (``n_bins``, ``split_rule``).
     Returns (T, val result, test result).
     """
     val = _as_logits(val_logits, "val_logits")

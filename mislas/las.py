@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mislas import spec
 from mislas.errors import UsageError
+from mislas.spec import FORMS, TARGETS
 
-FORMS: tuple[str, ...] = ("concave", "linear", "convex", "exp")
-TARGETS: tuple[str, ...] = ("paper", "reference")
+__all__ = ["FORMS", "TARGETS", "LabelAwareSmoothing", "related_function"]
 
 
 def _check_eps(name: str, value: float) -> float:
@@ -66,7 +67,7 @@ def related_function(
     form: str = "concave",
     p: float | None = None,
 ) -> torch.Tensor:
-    """Per-class smoothing factor ε_y = f(N_y), float32 tensor of shape [K].
+    """Per-class smoothing factor ε_y = f(N_y), float32 tensor of shape [K] (:func:`mislas.spec.related_function`).
 
     N_1 is the largest and N_K the smallest count; x = (N_y − N_K) / (N_1 − N_K), so that
     every form gives f(N_1) = ε_1 and f(N_K) = ε_K. ``eps_k > eps_1`` is allowed (the formula
@@ -89,20 +90,7 @@ def related_function(
         if not (pv > 0.0 and math.isfinite(pv)):
             raise UsageError(f"p must be a finite number > 0, got {p!r}")
     n = _check_counts(counts)
-
-    n_1, n_k = n.max(), n.min()
-    if n_1 == n_k:
-        return torch.full((n.size,), e1, dtype=torch.float32)
-    x = (n - n_k) / (n_1 - n_k)
-    if form == "concave":  # Eq. 3.a
-        eps = ek + (e1 - ek) * np.sin(np.pi / 2 * x)
-    elif form == "linear":  # Eq. 3.b
-        eps = ek + (e1 - ek) * x
-    elif form == "convex":  # Eq. 3.c
-        eps = e1 + (e1 - ek) * np.sin(3 * np.pi / 2 + np.pi / 2 * x)
-    else:  # Eq. 7
-        assert pv is not None
-        eps = ek + (e1 - ek) * np.power(x, pv)
+    eps = spec.related_function(n, e1, ek, form=form, p=pv)  # the equations (Eq. 3.a-3.c, 7)
     return torch.from_numpy(eps).to(torch.float32)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import sys
 import time
@@ -42,6 +41,7 @@ from mislas.data import DATASETS, LTData, load_dataset
 from mislas.data.samplers import class_aware_epoch_steps
 from mislas.errors import EXIT_USAGE, NonFiniteError, UsageError
 from mislas.reference import load_any_stage1
+from mislas.spec import device_name
 from mislas.stages import StageResult, resolve_device, train_stage1, train_stage2
 
 
@@ -110,12 +110,6 @@ def load_data(cfg: RunConfig) -> LTData:
         train_list=d.train_list, val_list=d.val_list, test_list=d.test_list, download=d.download,
         test_per_class=d.test_per_class,
     )
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
 
 
 def _result_json(result: StageResult) -> dict[str, Any]:

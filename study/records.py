@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from mislas.config import RunConfig, effective_shift_bn, with_method
+from mislas.spec import member_row_ids
 
 
 @dataclass(frozen=True)
@@ -135,10 +136,8 @@ class TrialSpec:
         return any(m.is_paper_setting for m in self.members)
 
     def member_ids(self, trial_id: str) -> list[str]:
-        """The trials rows (and Optuna trials) of this Tune trial."""
-        if not self.grouped:
-            return [trial_id]
-        return [f"{trial_id}-g{k}" for k in range(len(self.members))]
+        """The trials rows (and Optuna trials) of this Tune trial (:func:`mislas.spec.member_row_ids`)."""
+        return member_row_ids(trial_id, len(self.members))
 
     def run_config(self, base: RunConfig, k: int) -> RunConfig:
         """Member ``k``'s RunConfig: the data set's base config + method, Stage-1 flavour, seed, setting."""

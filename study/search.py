@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from mislas.spec import member_row_ids
 from study.groups import member_result
 from study.records import Stage2Setting, TrialMember, TrialSpec
 from study.schema import CONFIRM_VARIANT
@@ -310,7 +311,7 @@ class StudySearcher(Searcher):
         j = self.trials_issued[stream]
         n = min(self.group_size, self.n_trials[stream] - self.issued[stream])
         seed = self.seeds[j % len(self.seeds)]
-        ids = [trial_id] if n == 1 else [f"{trial_id}-g{k}" for k in range(n)]
+        ids = member_row_ids(trial_id, n)
         if self.group_size == 1 or searcher.ot_trial(ids[0]) is not None:  # (a resumed searcher re-asks)
             asked = [self._ask_member(stream, j, k, mid) for k, mid in enumerate(ids)]
             for a, mid in zip(asked, ids):

@@ -6,11 +6,10 @@ driver lock. A write is atomic on both kinds: locally a temporary file in the sa
 renamed over the target (``os.replace``), on an object store a single PUT, which readers see
 whole or not at all.
 
-It imports only pyarrow and the standard library (no torch, Ray or ``mislas``), so the report
+It imports pyarrow, the standard library and the torch-free :mod:`mislas.atomic` (the project's
+one atomic writer: temporary file, fsync, rename), never torch or Ray, so the report
 (``python -m study.report``) opens the same locations as ``python -m study.run`` and still
-imports no training code. Its atomic writer is the same recipe as ``mislas.atomic``
-(temporary file, fsync, rename; the file gets the mode a plain ``open`` would give under
-the process's umask), kept here so that the report process never imports ``mislas``.
+imports no training code (``tests/study/reporting/test_outputs.py`` checks the rule).
 
 ``mock://`` URIs (pyarrow's in-memory file system, for tests) share one file system per
 process, as ``s3://`` URIs share one bucket: two ``Store`` objects on the same mock URI see
@@ -32,6 +31,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from mislas.atomic import write_atomic as _write_atomic
+
 
 class StorageError(ValueError):
     """A storage location that cannot be used (one line; the command-line edges exit 2 with it)."""
@@ -48,11 +49,8 @@ def is_uri(location: str) -> bool:
 # --- atomic local writes ------------------------------------------------------------------
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """The project's one atomic writer (:func:`mislas.atomic.write_atomic`), imported when a
-    write happens: reading a study (the report) then imports nothing of ``mislas``."""
-    from mislas.atomic import write_atomic as write
-
-    write(path, data)
+    """Write ``data`` to a local ``path`` atomically (:func:`mislas.atomic.write_atomic`)."""
+    _write_atomic(path, data)
 
 
 def write_problem(folder: str | os.PathLike[str]) -> str | None:

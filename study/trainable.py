@@ -40,6 +40,7 @@ from mislas.config import TRAINED_METHODS, RunConfig, effective_shift_bn
 from mislas.data import LTData
 from mislas.errors import NonFiniteError
 from mislas.reference import load_any_stage1
+from mislas.spec import device_name
 from mislas.splits import class_splits
 from mislas.stages import (
     SHARED_FIELDS,
@@ -83,12 +84,6 @@ class TrialContext:
 
 def planned_epochs(cfg: RunConfig) -> int:
     return int(cfg.stage2.epochs) if cfg.stage2.method in TRAINED_METHODS else 0
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
 
 
 def trial_device(wanted: str) -> torch.device:
@@ -374,7 +369,7 @@ def final_tables(trial_id: str, data: LTData, cfg: RunConfig, res: StageResult, 
                  keep_predictions: bool = False) -> dict[str, Any]:
     """A finished member's epochs, classes, reliability, confidence and (``keep_predictions``:
     per test image) predictions tables (from its StageResult)."""
-    splits = class_splits(data.class_counts, cfg.eval.many_above, cfg.eval.few_below, cfg.eval.index_ranges)
+    splits = class_splits(data.class_counts, cfg.eval.split_rule)
     epsilon = res.extras.get("epsilon")
     return {
         "epochs": results.table("epochs", results.epochs_rows(trial_id, res.epochs)),

@@ -1,7 +1,8 @@
 """The study's ablation report: Parquet results → typed tables → HTML, Markdown, LaTeX.
 
-Imports pandas, pyarrow, matplotlib, jinja2 and optuna only (never torch, ray or mislas), so a
-report can be made wherever the results folder is copied. The names below are imported on
+Imports pandas, pyarrow, matplotlib, jinja2, optuna and the torch-free :mod:`mislas.spec` (the
+names and rules it shares with the library), never torch or Ray, so a report can be made
+wherever the results folder is copied (``tests/study/reporting/test_outputs.py`` checks it). The names below are imported on
 first use: the study's driver uses :mod:`study.reporting.ablations` (its summary's Pareto
 front) with the ``[study]`` extra alone, which has no matplotlib or jinja2.
 """

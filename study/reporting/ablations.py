@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mislas.spec import FORMS, related_function
 from study.pareto import pareto_mask
-from study.reporting.common import COMPLETE, FORMS, STOPPED, TUNED_PARAMS, GroupKey, complete_trials
-from study.reporting.functions import related_function
+from study.reporting.common import COMPLETE, STOPPED, TUNED_PARAMS, GroupKey, complete_trials
 
 MAX_EXACT_LEVELS = 12  # a grid of at most this many round ε values is shown as is; else binned
 HEATMAP_BINS = 6

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mislas.spec import CONFIDENCE_QUANTILES, SPLIT_NAMES
 from study.reporting.common import CALIBRATION_METRICS, TS_COLUMN, best_labels, seed_stats
 from study.reporting.comparison import ComparisonTable
 
 # Figs. 13–14: one panel per method, the rows of that method (± mixup, BN modes) as lines.
 NORM_PANELS = (("cRT", ("crt",)), ("LWS", ("lws",)), ("MiSLAS", ("mislas",)))
-CLASS_SPLITS = ("many", "medium", "few")
-QUANTILES = ("q05", "q25", "q50", "q75", "q95")
+CLASS_SPLITS = SPLIT_NAMES
+QUANTILES = tuple(key for key, _ in CONFIDENCE_QUANTILES)
 
 
 @dataclass(frozen=True)

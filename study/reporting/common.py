@@ -1,5 +1,8 @@
 """Vocabulary shared by the report's compute modules: groups, statuses, metric columns.
 
+The names the library shares (forms, methods, the split rule) come from the torch-free
+:mod:`mislas.spec`; ``FORMS`` is re-exported here.
+
 A study may hold several data sets, imbalance factors and backbones; every table and figure of
 the report is made per group (dataset, β, arch), because numbers across groups do not compare.
 """
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mislas.spec import FORMS as FORMS  # re-exported: the name the report used
 from study import schema
 
 COMPLETE = schema.COMPLETE
@@ -25,7 +29,6 @@ GROUP_COLS = ("dataset", "imb_factor", "arch")
 # The Stage-2 knobs the study searches (trials.parquet columns); a MiSLAS "setting" is one
 # combination of these (plus the Stage-1 mixup flag).
 TUNED_PARAMS = tuple(schema.SETTING_COLUMNS)
-FORMS = ("concave", "linear", "convex", "exp")
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,7 @@ def test_cifar_presets_count_splits_as_the_references_published_numbers() -> Non
     assert [int(np.sum(by_threshold[k])) if by_threshold[k].dtype == bool else len(by_threshold[k])
             for k in ("many", "medium", "few")] == [35, 35, 30]
     ev = paper_config("cifar100_lt").eval
-    by_range = class_splits(counts, ev.many_above, ev.few_below, ev.index_ranges)
+    by_range = class_splits(counts, ev.split_rule)
     assert [int(np.sum(by_range[k])) if by_range[k].dtype == bool else len(by_range[k])
             for k in ("many", "medium", "few")] == [36, 35, 29]
     assert paper_config("cifar10_lt").eval.index_ranges == (3, 4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import json
 import math
+import types
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import mislas.metrics as metrics
+from mislas import spec, splits
 from mislas.metrics import (
     adaptive_ece,
     brier_score,
@@ -27,6 +29,7 @@ from mislas.metrics import (
     split_accuracy,
     split_ece,
 )
+from mislas.spec import SplitRule
 
 CIFAR10_B100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 CIFAR100_B100 = [int(500 * 0.01 ** (i / 99)) for i in range(100)]
@@ -71,9 +74,12 @@ def test_ece_mce_hand_worked() -> None:
     assert mce == pytest.approx(0.2, abs=1e-12)
 
 
-def test_module_doctests_pass() -> None:
-    result = doctest.testmod(metrics)
-    assert result.attempted > 0 and result.failed == 0
+@pytest.mark.parametrize("module", [metrics.binned, metrics.by_split, metrics.scores, metrics.result, spec, splits])
+def test_module_doctests_pass(module: types.ModuleType) -> None:
+    result = doctest.testmod(module)
+    assert result.failed == 0
+    if module in (metrics.binned, metrics.by_split, spec, splits):
+        assert result.attempted > 0
 
 
 def test_boundary_confidence_lands_in_lower_bin() -> None:
@@ -197,7 +203,7 @@ def test_split_accuracy_index_ranges_compatibility() -> None:
     counts = np.empty(10, dtype=int)
     counts[perm] = CIFAR10_B100
     acc = np.random.default_rng(10).uniform(0, 100, size=10)
-    out = split_accuracy(acc, counts, index_ranges=(3, 4))
+    out = split_accuracy(acc, counts, SplitRule(index_ranges=(3, 4)))
     assert out["many"] == pytest.approx(acc[perm[:3]].mean())
     assert out["medium"] == pytest.approx(acc[perm[3:7]].mean())
     assert out["few"] == pytest.approx(acc[perm[7:]].mean())
@@ -346,7 +352,7 @@ def test_classwise_ece_bin_edges_and_never_predicted_class() -> None:
 def test_classwise_ece_chunked_equals_unchunked(monkeypatch: pytest.MonkeyPatch) -> None:
     p, labels = _random_probs(3, 257, 6)
     whole = classwise_ece(p, labels)
-    monkeypatch.setattr(metrics, "_CHUNK_CELLS", 7 * 6)  # 7 rows per chunk, last chunk short
+    monkeypatch.setattr(metrics.inputs, "_CHUNK_CELLS", 7 * 6)  # 7 rows per chunk, last chunk short
     assert classwise_ece(p, labels) == pytest.approx(whole, abs=1e-14)
     assert brier_score(p, labels) == pytest.approx(_loop_brier(p.tolist(), labels.tolist()), abs=1e-12)
 
@@ -471,7 +477,7 @@ def test_evaluate_logits_new_calibration_metrics(monkeypatch: pytest.MonkeyPatch
     labels = torch.arange(k).repeat_interleave(per_class)
     logits = torch.randn(k * per_class, k, generator=g) * 2
     logits[torch.arange(k * per_class), labels] += torch.linspace(3, 0, k).repeat_interleave(per_class)
-    monkeypatch.setattr(metrics, "_CHUNK_CELLS", 13 * k)  # exercise the row chunks
+    monkeypatch.setattr(metrics.inputs, "_CHUNK_CELLS", 13 * k)  # exercise the row chunks
     res = evaluate_logits(logits, labels, counts)
 
     probs = torch.softmax(logits.double(), dim=1)

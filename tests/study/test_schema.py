@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from mislas.metrics import evaluate_logits
+from mislas.spec import SplitRule
 from study import schema
 from study.records import Stage2Setting
 
@@ -27,7 +28,7 @@ def test_schema_imports_neither_torch_nor_mislas_nor_ray() -> None:
 def test_metric_columns_are_the_keys_mislas_reports() -> None:
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0], [0.5, 0.0, 3.0], [1.0, 1.5, 0.0]])
     result = evaluate_logits(logits, torch.tensor([0, 1, 2, 0]), np.array([300, 50, 10]), n_bins=15,
-                             many_above=100, few_below=20)
+                             split_rule=SplitRule(many_above=100, few_below=20))
     assert set(schema.METRICS) <= set(result.summary())
 
 

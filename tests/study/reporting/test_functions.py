@@ -73,12 +73,22 @@ def test_heatmap_levels_of_one_value_or_a_narrow_range_are_distinct() -> None:
     assert binned and len(set(order)) == len(order) and set(labels) <= set(order)
 
 
+def test_one_copy_of_the_shared_names():
+    """The report's related function and forms are the library's (mislas.spec), not copies."""
+    from mislas import config, las, spec
+    from study.reporting import common
+
+    assert related_function is spec.related_function
+    assert common.FORMS is spec.FORMS is las.FORMS is config.FORMS
+    assert config.TRAINED_METHODS is spec.TRAINED_METHODS and config.METHODS is spec.METHODS
+
+
 @pytest.mark.parametrize(("form", "p"), FORMS)
-def test_report_copy_equals_the_library(form, p):
-    """The report keeps a numpy copy of mislas.las.related_function (it may not import torch or
-    mislas); this keeps the two equal."""
+def test_library_tensor_is_the_shared_function_in_float32(form, p):
+    """mislas.las.related_function checks its input, then casts the shared float64 values to float32."""
     from mislas.las import related_function as library
 
     ours = related_function(COUNTS, 0.4, 0.1, form, p)
-    theirs = np.asarray(library(COUNTS, 0.4, 0.1, form=form, p=p), dtype=float)
-    assert np.allclose(ours, theirs, rtol=1e-6, atol=1e-7)
+    theirs = library(COUNTS, 0.4, 0.1, form=form, p=p)
+    assert str(theirs.dtype) == "torch.float32"
+    assert np.array_equal(theirs.numpy(), ours.astype(np.float32))

@@ -132,13 +132,41 @@ def test_study_with_no_finished_trial(tmp_path):
     assert "none finished yet" in (tmp_path / "out" / "report.html").read_text()
 
 
+_HEAVY = "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray')); assert not bad, bad"
+
+
+def _fresh(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter (nothing imported yet), from the repository root."""
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
 def test_no_torch_or_ray_imported(tmp_path):
+    """The report's rule: no torch, no Ray, from importing study.reporting to a built report."""
     study = make_study(tmp_path, groups=SMALL, running=0)
-    code = ("import sys, study.report; from pathlib import Path; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray', 'mislas')); "
-            "assert not bad, bad; "
-            f"study.report.build_report(Path({str(study)!r}), Path({str(tmp_path / 'o')!r}), ['html']); "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray', 'mislas')); "
-            "assert not bad, bad")
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    code = ("import sys, study.reporting, study.report; from pathlib import Path; "
+            f"{_HEAVY}; "
+            f"study.report.build_report(Path({str(study)!r}), Path({str(tmp_path / 'o')!r}), ['html', 'md', 'tex']); "
+            f"{_HEAVY}; assert 'mislas.spec' in sys.modules")  # the report's one copy of the shared names
+    run = _fresh(code)
+    assert run.returncode == 0, run.stderr
+
+
+def test_report_cli_module_imports_no_torch_or_ray(tmp_path):
+    """``python -m study.report`` as a module run (``__main__``), then the same check."""
+    study = make_study(tmp_path, groups=SMALL, running=0)
+    code = ("import runpy, sys; "
+            f"sys.argv = ['study.report', {str(study)!r}, '--out', {str(tmp_path / 'o')!r}, '--formats', 'md']; "
+            "rc = None\n"
+            "try:\n    runpy.run_module('study.report', run_name='__main__')\n"
+            "except SystemExit as exc:\n    rc = exc.code\n"
+            f"assert rc == 0, rc\n{_HEAVY}")
+    run = _fresh(code)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "o" / "report.md").is_file()
+
+
+@pytest.mark.parametrize("module", ["mislas.spec", "mislas.atomic", "study.storage"])
+def test_shared_modules_import_no_torch(module):
+    """What the report imports of mislas (and storage, which imports mislas.atomic) is torch-free."""
+    run = _fresh(f"import sys, importlib; importlib.import_module({module!r}); {_HEAVY}")
     assert run.returncode == 0, run.stderr
