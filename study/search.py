@@ -292,8 +292,8 @@ class StudySearcher(Searcher):
             self.fixed_issued += 1
             self.owner[trial_id] = None
             return {"spec": spec}
-        spec = self._suggest_mislas(stream, trial_id)
-        return None if spec is None else {"spec": spec}  # None: its group's asks are being made ahead
+        group = self._suggest_mislas(stream, trial_id)
+        return None if group is None else {"spec": group}  # None: its group's asks are being made ahead
 
     def _suggest_mislas(self, stream: str, trial_id: str) -> TrialSpec | None:
         """The next group of ``stream``; None ("not now") while its asks are still being made.
