@@ -27,6 +27,8 @@ TRAINED_METHODS: tuple[str, ...] = ("mislas", "crt", "lws")
 FORMS: tuple[str, ...] = get_args(Form)
 TARGETS: tuple[str, ...] = get_args(LasTarget)
 SPLIT_NAMES: tuple[str, ...] = get_args(SplitName)
+DEFAULT_N_BINS = 15
+"""Equal-width confidence bins of ECE / MCE / reliability by default (``eval.n_bins``; the paper's 15)."""
 # Quantile levels of the top-label confidence per split (mislas.metrics.confidence_by_split),
 # with their keys: the columns of confidence.parquet and the report's boxes.
 CONFIDENCE_QUANTILES: tuple[tuple[str, float], ...] = (

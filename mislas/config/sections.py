@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 
 from mislas.config.checks import _bool, _choice, _float, _int, _is_int, _optional_str
 from mislas.errors import UsageError
-from mislas.spec import FORMS, METHODS, TARGETS, TRAINED_METHODS, Form, LasTarget, Method, SplitRule
+from mislas.spec import DEFAULT_N_BINS, FORMS, METHODS, TARGETS, TRAINED_METHODS, Form, LasTarget, Method, SplitRule
 
 Loader = Literal["auto", "torch", "fast"]
 Preset = Literal["paper", "reference", "smoke"]
@@ -214,7 +214,7 @@ class EvalConfig:
     many_above: int = 100
     few_below: int = 20
     index_ranges: tuple[int, int] | None = None
-    n_bins: int = 15
+    n_bins: int = DEFAULT_N_BINS
     batch_size: int = 512
 
     def __post_init__(self) -> None:

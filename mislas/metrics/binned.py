@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from mislas.metrics.inputs import ArrayLike, _check_conf_correct, _check_n_bins, _check_probs_labels, _row_chunks
+from mislas.spec import DEFAULT_N_BINS
 
 
 def _bin_upper(n_bins: int) -> np.ndarray:
@@ -46,7 +47,7 @@ def _bin_stats(
     return count, acc_sum, conf_sum, _bin_upper(n_bins), int(conf.size)
 
 
-def ece_mce(confidences: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> tuple[float, float]:
+def ece_mce(confidences: ArrayLike, correct: ArrayLike, n_bins: int = DEFAULT_N_BINS) -> tuple[float, float]:
     """Expected and maximum calibration error, as fractions in [0, 1].
 
     ECE = Σ_b (n_b / N)·|acc_b − conf_b| and MCE = max over non-empty bins of
@@ -67,7 +68,7 @@ def ece_mce(confidences: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> tup
     return ece, mce
 
 
-def reliability_bins(confidences: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> list[dict[str, Any]]:
+def reliability_bins(confidences: ArrayLike, correct: ArrayLike, n_bins: int = DEFAULT_N_BINS) -> list[dict[str, Any]]:
     """Per-bin data for a reliability diagram (Fig. 9–12); fractions, None for an empty bin.
 
     Computing is kept apart from drawing so reports can plot it with any backend.
@@ -101,7 +102,7 @@ def _classwise_sums(p: np.ndarray, labels: np.ndarray, n_bins: int) -> tuple[np.
     return hit_sum.reshape(k, n_bins), p_sum.reshape(k, n_bins)
 
 
-def classwise_ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
+def classwise_ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = DEFAULT_N_BINS) -> float:
     """Classwise ECE (Kull et al. 2019), a fraction in [0, 1].
 
     ECE only looks at the top class; this checks every class's probability. For each class
@@ -130,7 +131,7 @@ def classwise_ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> floa
     return float(np.abs(hits - psum).sum() / (n * k))
 
 
-def adaptive_ece(confidences: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> float:
+def adaptive_ece(confidences: ArrayLike, correct: ArrayLike, n_bins: int = DEFAULT_N_BINS) -> float:
     """Adaptive (equal-mass) ECE (Nixon et al. 2019), a fraction in [0, 1].
 
     Equal-width bins leave most bins nearly empty when confidences pile up near 1; equal-mass

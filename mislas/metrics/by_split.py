@@ -14,7 +14,7 @@ import numpy as np
 
 from mislas.metrics.binned import ece_mce
 from mislas.metrics.inputs import ArrayLike, _check_conf_correct, _check_labels, _np
-from mislas.spec import CONFIDENCE_QUANTILES, DEFAULT_SPLIT_RULE, SPLIT_NAMES, SplitRule
+from mislas.spec import CONFIDENCE_QUANTILES, DEFAULT_N_BINS, DEFAULT_SPLIT_RULE, SPLIT_NAMES, SplitRule
 
 
 def per_class_accuracy(preds: ArrayLike, labels: ArrayLike, num_classes: int) -> np.ndarray:
@@ -89,7 +89,7 @@ def split_ece(
     labels: ArrayLike,
     train_counts: Sequence[int] | np.ndarray,
     *,
-    n_bins: int = 15,
+    n_bins: int = DEFAULT_N_BINS,
     split_rule: SplitRule = DEFAULT_SPLIT_RULE,
 ) -> dict[str, float | None]:
     """ECE (fraction) of Many / Medium / Few over the samples whose TRUE label is in the split.

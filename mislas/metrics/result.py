@@ -21,7 +21,7 @@ from mislas.metrics.binned import _classwise_sums, adaptive_ece, ece_mce, reliab
 from mislas.metrics.by_split import confidence_by_split, per_class_accuracy, split_accuracy, split_ece
 from mislas.metrics.inputs import ArrayLike, _check_logits_labels, _check_n_bins, _np, _row_chunks, _torch
 from mislas.metrics.scores import _brier_sum, _sample_nll, nll
-from mislas.spec import DEFAULT_SPLIT_RULE, SplitRule
+from mislas.spec import DEFAULT_N_BINS, DEFAULT_SPLIT_RULE, SplitRule
 
 
 def classifier_weight_norms(weight: ArrayLike) -> np.ndarray:
@@ -132,7 +132,7 @@ def evaluate_logits(
     labels: ArrayLike,
     train_counts: Sequence[int] | np.ndarray,
     *,
-    n_bins: int = 15,
+    n_bins: int = DEFAULT_N_BINS,
     split_rule: SplitRule = DEFAULT_SPLIT_RULE,
 ) -> EvalResult:
     """All metrics of one eval pass from its logits.

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mislas.spec import DEFAULT_N_BINS
 from study.reporting import ablations
 from study.reporting.ablations import Effect, FormStudy, Heatmap, Pareto
 from study.reporting.calibration import (
@@ -25,6 +26,7 @@ from study.reporting.components import ComponentTable, component_table
 from study.reporting.importance import Importances, importances, studies_for
 from study.reporting.load import StudyData
 from study.reporting.paired import PairedTable, paired_table
+from study.reporting.recorded import RecordedEval, recorded_eval
 from study.reporting.status import StatusSummary, status_summary
 
 PROVENANCE_COLUMNS = ("mislas_version", "torch_version", "ray_version", "optuna_version", "python_version",
@@ -51,6 +53,7 @@ class GroupTables:
     n_mislas_complete: int
     paired: PairedTable | None = None  # comparison rows against MiSLAS
     paired_components: PairedTable | None = None  # ablation variants against the full method
+    recorded: RecordedEval = RecordedEval()  # the runs' recorded eval settings (bins, split rule) for captions
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ def _group_tables(group: GroupKey, data: StudyData) -> GroupTables:
     done = complete_trials(mislas)
     counts = ablations.class_counts(trials.loc[group.mask(trials), "trial_id"], data.classes)
     effects = [ablations.effect(done, "dw_ratio"), ablations.effect(done[done["form"] == "exp"], "p")]
+    recorded = recorded_eval(trials, data.reliability, trials.loc[group.mask(trials), "trial_id"])
+    n_bins = recorded.bootstrap_bins(DEFAULT_N_BINS)
     return GroupTables(
         group=group,
         comparison=comparison,
@@ -91,26 +96,28 @@ def _group_tables(group: GroupKey, data: StudyData) -> GroupTables:
         calibration=calibration_metrics(comparison, trials),
         confidence=confidence_boxes(comparison, data.confidence),
         n_mislas_complete=len(done),
-        paired=_paired_methods(comparison, trials, data.predictions),
-        paired_components=_paired_components(components, trials, data.predictions),
+        paired=_paired_methods(comparison, trials, data.predictions, n_bins),
+        paired_components=_paired_components(components, trials, data.predictions, n_bins),
+        recorded=recorded,
     )
 
 
 FULL_METHOD_VARIANT = "mixup+shift_bn+las"
 
 
-def _paired_methods(comparison: ComparisonTable, trials: pd.DataFrame, predictions: pd.DataFrame) -> PairedTable | None:
+def _paired_methods(comparison: ComparisonTable, trials: pd.DataFrame, predictions: pd.DataFrame,
+                    n_bins: int) -> PairedTable | None:
     """Each comparison row against MiSLAS: its best-tuned row when it has trials, else Table 6's."""
     ids = comparison.trial_ids
     reference = next((r for r in ("MiSLAS (best tuned)", "MiSLAS (paper setting)") if ids.get(r)), None)
-    return None if reference is None else paired_table(trials, predictions, ids, reference)
+    return None if reference is None else paired_table(trials, predictions, ids, reference, n_bins=n_bins)
 
 
-def _paired_components(components: ComponentTable | None, trials: pd.DataFrame,
-                       predictions: pd.DataFrame) -> PairedTable | None:
+def _paired_components(components: ComponentTable | None, trials: pd.DataFrame, predictions: pd.DataFrame,
+                       n_bins: int) -> PairedTable | None:
     if components is None or not components.trial_ids.get(FULL_METHOD_VARIANT):
         return None
-    return paired_table(trials, predictions, components.trial_ids, FULL_METHOD_VARIANT)
+    return paired_table(trials, predictions, components.trial_ids, FULL_METHOD_VARIANT, n_bins=n_bins)
 
 
 def _provenance(trials: pd.DataFrame) -> pd.DataFrame:

@@ -26,6 +26,7 @@ from study.reporting.display import (
 )
 from study.reporting.paired import PAIRED_METRICS, PairedTable
 from study.reporting.published import SOURCES
+from study.reporting.recorded import RecordedEval
 
 MAX_LISTED = 200  # longer lists of unfinished trials are cut, with a count of the rest
 OURS = "ours (test)"
@@ -43,8 +44,12 @@ def _is_paper(table: ComparisonTable) -> bool:
     return bool(ids.get("MiSLAS (best tuned)")) and ids.get("MiSLAS (best tuned)") == ids.get("MiSLAS (paper setting)")
 
 
-def comparison_display(table: ComparisonTable) -> DisplayTable:
-    """The comparison with ours and (where the paper has them) published figures side by side."""
+def comparison_display(table: ComparisonTable, recorded: RecordedEval | None = None) -> DisplayTable:
+    """The comparison with ours and (where the paper has them) published figures side by side.
+
+    ``recorded``: the group's recorded eval settings (bins, split rule) the caption states.
+    """
+    recorded = recorded or RecordedEval()
     stats = table.stats
     has_published = bool(stats["published_source"].astype(bool).any())
     columns = [("", "Method"), ("", "seeds")] + [(OURS, m.label) for m in TEST_METRICS]
@@ -71,7 +76,7 @@ def comparison_display(table: ComparisonTable) -> DisplayTable:
         rows.append(tuple(cells))
         bold.append(tuple(marks))
     caption = (f"Method comparison, {table.group.label}: test top-1 (%) on Many / Medium / Few classes "
-               "(> 100, 20–100, < 20 training images) and All, ECE (%, 15 bins), NLL (nats); mean ± std over "
+               f"({recorded.splits_text()}) and All, ECE (%, {recorded.bins_text()}), NLL (nats); mean ± std over "
                "seeds (complete trials). Bold: best of ours per column (highest accuracy, lowest ECE/NLL). "
                "— : no value (empty split or not run).")
     if table.has_ts:
@@ -105,7 +110,7 @@ def comparison_section(groups: tuple[GroupTables, ...]) -> list[Block]:
         if g.comparison.stats.empty:
             blocks.append(Para("No complete trials and no published figures for this group.", note=True))
             continue
-        blocks.append(TableBlock(comparison_display(g.comparison)))
+        blocks.append(TableBlock(comparison_display(g.comparison, g.recorded)))
     return blocks
 
 
@@ -115,8 +120,9 @@ LAS_CELLS = {"las": "✓", "ce": "✗", "uniform_ls": "uniform"}
 TEST = "test"
 
 
-def components_display(table: ComponentTable) -> DisplayTable:
+def components_display(table: ComponentTable, recorded: RecordedEval | None = None) -> DisplayTable:
     """One row per variant: which components are on, and its test numbers (mean ± std over seeds)."""
+    recorded = recorded or RecordedEval()
     columns = [("", "Variant"), ("", "Stage-1 mixup"), ("", "shift BN"), ("", "LAS"), ("", "seeds")]
     columns += [(TEST, m.label) for m in TEST_METRICS]
     rows, bold = [], []
@@ -133,7 +139,8 @@ def components_display(table: ComponentTable) -> DisplayTable:
     caption = (f"Component ablation, {table.group.label}: the paper's (Table 6) setting with Stage-1 mixup, shift "
                "learning on BatchNorm and label-aware smoothing each switched on (✓) or off (✗); LAS ✗ is plain "
                "cross-entropy (ε_1 = ε_K = 0), LAS uniform is uniform label smoothing (ε_K = ε_1). Test top-1 (%) "
-               "Many / Medium / Few / All, ECE (%, 15 bins), NLL (nats); mean ± std over seeds (complete trials). "
+               f"Many / Medium / Few / All, ECE (%, {recorded.bins_text()}), NLL (nats); mean ± std over seeds "
+               "(complete trials). "
                "Bold: best per column (highest accuracy, lowest ECE/NLL).")
     n = table.n_incomplete
     note = f"{n} ablation trial{'s' if n != 1 else ''} stopped early or failed left out." if n else ""
@@ -195,7 +202,7 @@ def component_section(groups: tuple[GroupTables, ...]) -> list[Block]:
         if g.components is None:
             blocks.append(Para("No component-ablation rows for this group.", note=True))
             continue
-        blocks.append(TableBlock(components_display(g.components)))
+        blocks.append(TableBlock(components_display(g.components, g.recorded)))
     return blocks
 
 
@@ -298,7 +305,8 @@ def calibration_display(g: GroupTables) -> DisplayTable:
                      *(fmt_num(row[f"{m.label}_mean"], m.decimals) for m in CALIBRATION_METRICS)))
         bold.append((False, False, *(label in cal.best.get(m.label, ()) for m in CALIBRATION_METRICS)))
     caption = (f"Calibration metrics, {g.group.label}, test split, mean over seeds (the method comparison's rows "
-               "and trials): ECE (15 equal-width bins), classwise ECE (mean over classes), adaptive (equal-mass) "
+               f"and trials): ECE ({g.recorded.bins_text('equal-width ')}), classwise ECE (mean over classes), "
+               "adaptive (equal-mass) "
                "ECE, all in %; Brier score (Σ_k (p_k − 1[y=k])², mean over samples, in [0, 2]); ECE over the "
                "samples whose true class is Many / Medium / Few. +TS rows: after temperature scaling (the ECE per "
                "class split is not recorded after scaling: —). Bold: lowest per column.")
@@ -327,7 +335,8 @@ def calibration_section(groups: tuple[GroupTables, ...]) -> list[Block]:
                                "group (a study older than these columns).", note=True))
         if g.reliability:
             blocks.append(_fig(f"{slug}-reliability", plots.reliability_png(g.reliability),
-                               "Reliability diagrams, 15 bins, test split (seed Figs. 9–12): accuracy per confidence "
+                               f"Reliability diagrams, {g.recorded.bins_text()}, test split (seed Figs. 9–12): "
+                               "accuracy per confidence "
                                "bin, red = gap to perfect calibration; bins pooled over the row's seeds (n trials), "
                                "ECE from the pooled bins."))
         else:

@@ -137,7 +137,8 @@ def importances(done: pd.DataFrame, info: OptunaInfo, studies: list[optuna.Study
 
             columns[column] = get_param_importances(
                 study, evaluator=PedAnovaImportanceEvaluator(target_quantile=quantile), target=target)
-    table = pd.DataFrame(columns).fillna(0.0).sort_values("val_acc", ascending=False)
+    # ties (equal importances) in parameter-name order: the evaluator's dict order varies between runs
+    table = pd.DataFrame(columns).fillna(0.0).sort_index().sort_values("val_acc", ascending=False, kind="stable")
     table.index.name = "parameter"
     note = f"{len(done)} complete trials, top quantile {quantile:.2f}"
     return Importances(table, len(done), evaluator, note)

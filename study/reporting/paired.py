@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mislas.spec import DEFAULT_N_BINS
+
 N_BOOT = 1000
 BOOT_SEED = 0
 # two-sided 95 % Student-t quantiles by degrees of freedom (seeds − 1); 1.96 beyond the table
@@ -98,7 +100,7 @@ def _predictions(predictions: pd.DataFrame, trial_id: str) -> pd.DataFrame | Non
 
 
 def paired_table(trials: pd.DataFrame, predictions: pd.DataFrame, row_ids: Mapping[str, Sequence[str]],
-                 reference: str, *, n_boot: int = N_BOOT, n_bins: int = 15) -> PairedTable | None:
+                 reference: str, *, n_boot: int = N_BOOT, n_bins: int = DEFAULT_N_BINS) -> PairedTable | None:
     """Every row of ``row_ids`` (label -> its trials) but ``reference`` against ``reference``;
     None when the reference has no trials."""
     ref = _by_seed(trials, row_ids.get(reference, ()))

@@ -127,12 +127,16 @@ class _Writer:
     reliability: list[dict] = field(default_factory=list)
     confidence: list[dict] = field(default_factory=list)
     clock: datetime = T0
+    n_bins: int = 15  # eval.n_bins the synthetic runs recorded
+    many_above: int = 100  # eval.many_above
+    few_below: int = 20  # eval.few_below
 
     def _bins(self, trial_id: str, split: str, n: int, overconf: float, mean_conf: float) -> float:
         conf = np.clip(self.rng.beta(8 * mean_conf, 8 * (1 - mean_conf), size=n), 1e-3, 1.0)
-        idx = np.clip(np.ceil(conf * 15).astype(int) - 1, 0, 14)
+        nb = self.n_bins
+        idx = np.clip(np.ceil(conf * nb).astype(int) - 1, 0, nb - 1)
         gap_sum = 0.0
-        for b in range(15):
+        for b in range(nb):
             sel = conf[idx == b]
             if sel.size == 0:
                 acc = c = None
@@ -140,8 +144,8 @@ class _Writer:
                 c = float(sel.mean())
                 acc = float(np.clip(c - overconf + self.rng.normal(0, 0.02), 0, 1))
                 gap_sum += sel.size * abs(acc - c)
-            self.reliability.append({"trial_id": trial_id, "eval_split": split, "bin": b, "lower": b / 15,
-                                     "upper": (b + 1) / 15, "count": int(sel.size), "accuracy": acc, "confidence": c})
+            self.reliability.append({"trial_id": trial_id, "eval_split": split, "bin": b, "lower": b / nb,
+                                     "upper": (b + 1) / nb, "count": int(sel.size), "accuracy": acc, "confidence": c})
         return 100.0 * gap_sum / n
 
     def _confidence(self, trial_id: str, split: str, acc: dict[str, float], per_class: dict[str, int],
@@ -180,7 +184,7 @@ class _Writer:
         failed = status == "failed"
         epochs_run = 0 if failed else (int(rng.integers(2, epochs_planned)) if status == "stopped_early" else epochs_planned)
         rank = np.arange(g.n_classes)
-        split = np.where(counts > 100, "many", np.where(counts >= 20, "medium", "few"))
+        split = np.where(counts > self.many_above, "many", np.where(counts >= self.few_below, "medium", "few"))
         row: dict[str, object] = {
             "trial_id": trial_id, "study": self.study, "dataset": g.dataset, "imb_factor": g.imb_factor,
             "arch": g.arch, "method": method, "mixup": mixup, "seed": seed, "is_paper_setting": paper,
@@ -326,13 +330,16 @@ def _add_ablation(w: _Writer, g: GroupSpec, counts: np.ndarray) -> None:
 
 def make_study(root: Path, *, name: str = "fixture_study", groups: tuple[GroupSpec, ...] = DEFAULT_GROUPS,
                seed: int = 0, with_optuna: bool = True, running: int = 2, stop_rate: float = 0.15,
-               fail_rate: float = 0.1, drop: tuple[str, ...] = (), legacy: bool = False) -> Path:
+               fail_rate: float = 0.1, drop: tuple[str, ...] = (), legacy: bool = False, n_bins: int = 15,
+               many_above: int = 100, few_below: int = 20) -> Path:
     """Write a study under ``root/name`` and return that directory.
 
     ``drop`` names table files to leave out (a partial or older study); ``running`` Optuna
     trials are asked and never told (still running when the report is made). ``legacy``: a
     study written before the variant / TS / new-metric columns, ``steps`` and confidence.parquet
-    (no ablation rows, baselines in the default BN mode with ``shift_bn`` null).
+    (no ablation rows, baselines in the default BN mode with ``shift_bn`` null) and ``config_json``
+    null. ``n_bins``, ``many_above``, ``few_below``: the eval settings the runs use and record in
+    ``config_json`` (its ``eval`` section, as ``RunConfig.to_dict`` writes it).
     """
     if legacy:
         groups = tuple(replace(g, ablation=False, baseline_bn=(True,)) for g in groups)
@@ -343,7 +350,9 @@ def make_study(root: Path, *, name: str = "fixture_study", groups: tuple[GroupSp
     # One Optuna study per data set, NAME:dataset, in one journal (as study.run does). Settings
     # are always sampled by Optuna; without ``with_optuna`` the studies are not persisted.
     storage = JournalStorage(JournalFileBackend(str(out / "optuna.log"))) if with_optuna else None
-    w = _Writer(name, np.random.default_rng(seed))
+    w = _Writer(name, np.random.default_rng(seed), n_bins=n_bins, many_above=many_above, few_below=few_below)
+    config_json = json.dumps({"eval": {"batch_size": 512, "few_below": few_below, "index_ranges": None,
+                                       "many_above": many_above, "n_bins": n_bins}}, sort_keys=True)
     studies = []
     for i, g in enumerate(groups):
         studies.append(optuna.create_study(study_name=f"{name}:{g.dataset}", storage=storage,
@@ -356,7 +365,8 @@ def make_study(root: Path, *, name: str = "fixture_study", groups: tuple[GroupSp
                   "optuna_version": optuna.__version__, "python_version": "3.11.2", "git_commit": "abc1234",
                   "device_name": "cpu (2 threads)", "hostname": "fixture-host"}
     trials = pd.DataFrame([{"optuna_study": None, "optuna_trial_number": None, **r, **provenance, "stage1_key": f"{r['dataset']}-{r['seed']}-{r['mixup']}",
-                            "stage1_val_acc": 60.0, "stage1_test_acc": 59.0, "stage1_test_ece": 9.0} for r in w.trials])
+                            "stage1_val_acc": 60.0, "stage1_test_acc": 59.0, "stage1_test_ece": 9.0,
+                            "config_json": None if legacy else config_json} for r in w.trials])
     for column in ("started_at", "finished_at"):
         trials[column] = pd.to_datetime(trials[column], utc=True).astype("datetime64[us, UTC]")
     trials["shift_bn"] = trials["shift_bn"].astype("boolean")
