@@ -15,6 +15,7 @@ by a trial, writes no row and stops the study (study.resume.note_storage_fault).
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -78,8 +79,24 @@ def error_text(trial: Any) -> str:
 class ResultsCallback(tune.Callback):
     """Write each ended trial's members to ``<storage>/<name>/parts/<row id>/`` (the driver writes the unions)."""
 
+    KEEP_EVERY_S = 30.0  # how often a whole copy of Tune's state is taken between trials' ends
+
     def __init__(self, ctx: RecordContext) -> None:
         self.ctx = ctx
+        self._kept_at = 0.0
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        """Every half minute, a whole copy of Tune's state (study.resume.keep_whole_state), until
+        one succeeds: Tune uploads its state in the background, so a copy may catch it mid-way."""
+        if time.monotonic() - getattr(self, "_kept_at", 0.0) < self.KEEP_EVERY_S:  # (a pickle of an older run)
+            return
+        try:
+            if resume.keep_whole_state(Store(self.ctx.results_location)):
+                self._kept_at = time.monotonic()
+        except OSError as exc:
+            if not resume.is_no_space(exc):
+                raise
+            resume.note_storage_fault(self.ctx.results_location)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._guarded(trial, None)
@@ -100,8 +117,8 @@ class ResultsCallback(tune.Callback):
         """Record the trial and keep a whole copy of Tune's state (study.resume); a full disk
         stops the study (one line from the driver, the rows written before it stay)."""
         try:
-            if self.record(trial, error=error):
-                resume.keep_whole_state(Store(self.ctx.results_location))
+            if self.record(trial, error=error) and resume.keep_whole_state(Store(self.ctx.results_location)):
+                self._kept_at = time.monotonic()
         except OSError as exc:
             if not resume.is_no_space(exc):
                 raise

@@ -7,7 +7,7 @@ matters. What it checks, in order:
   ``searcher-state-*.json``). Tune overwrites these in place, so a full disk leaves them
   truncated (and Tune then silently starts afresh, losing the unfinished trials). The driver
   keeps its own copy of the last state that read back whole (``tune/.whole.json``, one atomic
-  write, taken after each recorded trial, see :func:`keep_whole_state`); a state that does not
+  write, taken after each recorded trial and every half minute, see :func:`keep_whole_state`); a state that does not
   read back is set aside (``.damaged-<stamp>``) and that copy put back. Trials that ended since
   are restarted by Tune and told their rows (below); trials the copy does not know are asked again.
 * **The parts** (``parts/<row id>/``): a complete part with a file that does not read back, or
@@ -25,9 +25,11 @@ the study as Ctrl-C would (Tune keeps its trials unfinished); the driver then pr
 
 from __future__ import annotations
 
+import base64
 import errno
 import json
 import os
+import pickletools
 import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,7 +45,7 @@ from study import results as results_mod
 from study.storage import Store, stamp
 
 TUNE = "tune"
-WHOLE = ".whole.json"  # tune/.whole.json: {file name: text} of the last Tune state that read back whole
+WHOLE = ".whole.json"  # tune/.whole.json: {file name: base64 bytes} of the last Tune state that read back whole
 STATE_PREFIXES = ("experiment_state-", "search_gen_state-", "searcher-state-")
 NO_SPACE = ("No space left on device", "[Errno 28]", "errno 28")
 
@@ -80,8 +82,8 @@ def storage_fault() -> str | None:
 
 
 def no_space_line(where: str, rows: int) -> str:
-    return (f"{where}: no space left on device; the {rows} rows written are kept: free space there and rerun "
-            f"the same command to continue")
+    written = f"the {rows} rows written are" if rows != 1 else "the row written is"
+    return f"{where}: no space left on device; {written} kept: free space there and rerun the same command to continue"
 
 
 # --- Tune's state, and the driver's whole copy of it --------------------------------------------
@@ -99,6 +101,14 @@ def _newest(names: Iterable[str]) -> dict[str, str]:
 
 
 def _reads_back(data: bytes) -> bool:
+    """Whether a state file is whole: JSON that parses, or (``search_gen_state-*`` is Ray's
+    pickle despite its name) a pickle stream whose opcodes run to its STOP, walked by
+    ``pickletools`` without building anything (nothing is unpickled)."""
+    if data[:1] == b"\x80":
+        try:
+            return any(op.name == "STOP" for op, _, _ in pickletools.genops(data))
+        except ValueError:
+            return False
     try:
         json.loads(data)
     except ValueError:
@@ -106,16 +116,30 @@ def _reads_back(data: bytes) -> bool:
     return True
 
 
+SAME_SYNC_S = 5.0  # Tune uploads its three state files together: their times this close
+
+
+def _times(results: Store, names: Iterable[str]) -> list[float] | None:
+    times = [results.mtime(TUNE, n) for n in names]
+    return None if any(m is None for m in times) else [m.timestamp() for m in times if m is not None]
+
+
 def keep_whole_state(results: Store) -> bool:
-    """Copy Tune's newest state into ``tune/.whole.json`` if every file of it reads back whole.
-    Returns whether it did. One atomic write: the copy is the old one or the new one."""
+    """Copy Tune's newest state into ``tune/.whole.json`` if every file of it reads back whole
+    and (where the storage keeps times) they are of one upload, not changed while read (Tune
+    uploads them in the background). Returns whether it did. One atomic write: the copy is
+    the old one or the new one."""
     newest = _newest(_state_names(results))
     if len(newest) != len(STATE_PREFIXES):
         return False
+    before = _times(results, newest.values())
     data = {n: results.read_bytes(TUNE, n) for n in newest.values()}
     if not all(_reads_back(b) for b in data.values()):
         return False
-    results.write_bytes(json.dumps({n: b.decode() for n, b in data.items()}).encode(), TUNE, WHOLE)
+    if before is not None and (before != _times(results, newest.values()) or max(before) - min(before) > SAME_SYNC_S):
+        return False
+    copy = {n: base64.b64encode(b).decode("ascii") for n, b in data.items()}
+    results.write_bytes(json.dumps(copy).encode(), TUNE, WHOLE)
     return True
 
 
@@ -124,8 +148,8 @@ def _whole_copy(results: Store) -> dict[str, bytes] | None:
         return None
     try:
         saved = json.loads(results.read_bytes(TUNE, WHOLE))
-        data = {str(n): str(text).encode() for n, text in saved.items()}
-    except (ValueError, AttributeError):
+        data = {str(n): base64.b64decode(str(text), validate=True) for n, text in saved.items()}
+    except (ValueError, AttributeError):  # (binascii.Error is a ValueError)
         return None
     return data if all(_reads_back(b) for b in data.values()) else None
 

@@ -4,6 +4,7 @@ foreign-schema part set aside, what a trial whose rows are written is told and r
 from __future__ import annotations
 
 import json
+import pickle
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,8 +34,11 @@ STATE = {"experiment_state-2026-01-01_00-00-00.json": {"trial_data": [1, 2, 3]},
 
 
 def write_state(store: Store, state: dict[str, object]) -> None:
+    """Tune's three files; ``search_gen_state-*`` is Ray's pickle despite its name (written
+    here with pickle.dumps; the code under test never unpickles it)."""
     for name, data in state.items():
-        store.write_bytes(json.dumps(data).encode(), "tune", name)
+        raw = pickle.dumps(data, protocol=5) if name.startswith("search_gen_state-") else json.dumps(data).encode()
+        store.write_bytes(raw, "tune", name)
 
 
 def test_a_truncated_tune_state_is_set_aside_and_the_whole_copy_put_back(tmp_path: Path) -> None:
@@ -61,8 +65,11 @@ def test_a_truncated_tune_state_is_set_aside_and_the_whole_copy_put_back(tmp_pat
 
 def test_a_truncated_tune_state_without_a_whole_copy_cannot_be_restored(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "s"))
-    write_state(store, {**STATE, "search_gen_state-2026-01-01_00-00-00.json": {}})
-    (tmp_path / "s" / "tune" / "search_gen_state-2026-01-01_00-00-00.json").write_bytes(b"")  # as a full disk left it
+    write_state(store, STATE)
+    gen = tmp_path / "s" / "tune" / "search_gen_state-2026-01-01_00-00-00.json"
+    assert resume.keep_whole_state(store) and resume.recover_tune_state(store, print)  # whole (a pickle that ends)
+    (tmp_path / "s" / "tune" / resume.WHOLE).unlink()
+    gen.write_bytes(gen.read_bytes()[:-1])  # a pickle without its STOP, as a full disk leaves it
     said: list[str] = []
     assert not resume.recover_tune_state(store, said.append)
     assert len(said) == 1 and "search_gen_state-" in said[0] and "there is no whole copy of it" in said[0]

@@ -259,8 +259,9 @@ def test_storage_faults_end_in_one_line_and_lose_nothing(tmp_path: Path, small_d
     full = study_lines(tmp_path / "full.log")
     written = complete_parts(res)
     assert code == 1, (tmp_path / "full.log").read_text()[-3000:]
-    assert full[-1] == (f"[study] {res}: no space left on device; the {len(written)} rows written are kept: free "
-                        f"space there and rerun the same command to continue"), full
+    kept_rows = f"the {len(written)} rows written are" if len(written) != 1 else "the row written is"
+    assert full[-1] == (f"[study] {res}: no space left on device; {kept_rows} kept: free space there and rerun the "
+                        f"same command to continue"), full
     kept = {t: pq.read_table(res / "parts" / t / "trials.parquet").to_pandas() for t in written}
 
     # -- space freed: the same command resumes and completes, with the undisturbed study's row count
