@@ -40,9 +40,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from mislas import device as dev
 from mislas import fastpath, stages
 from mislas.config import DataConfig, EvalConfig, RunConfig, Stage1Config, Stage2Config
-from mislas.data import ArraySplit, LTData, eval_transform, make_loader
+from mislas.data import ArraySplit, LTData, batches, eval_transform, make_loader
 from mislas.metrics import evaluate_logits
 from mislas.models import Network
 
@@ -125,20 +126,20 @@ def precision(mode: str) -> Iterator[None]:
     """Training and evaluation in ``mode``: "bf16" (autocast, as CUDA runs by default), "fp32"
     (autocast off, also on CUDA) or "default" (the library's choice: bf16 on CUDA, fp32 on the CPU).
 
-    Swaps :func:`mislas.stages._autocast`, the one switch the stages use, for the duration.
+    Swaps :func:`mislas.device.autocast`, the one switch the stages use, for the duration.
     """
     if mode == "default":
         yield
         return
     if mode not in ("bf16", "fp32"):
         raise ValueError(f"precision must be bf16, fp32 or default, got {mode!r}")
-    old = stages._autocast
-    stages._autocast = lambda device: torch.autocast(device.type, dtype=torch.bfloat16,  # type: ignore[assignment]
-                                                     enabled=mode == "bf16")
+    old = dev.autocast
+    dev.autocast = lambda device: torch.autocast(device.type, dtype=torch.bfloat16,  # type: ignore[assignment]
+                                                 enabled=mode == "bf16")
     try:
         yield
     finally:
-        stages._autocast = old  # type: ignore[assignment]
+        dev.autocast = old  # type: ignore[assignment]
 
 
 @contextlib.contextmanager
@@ -158,13 +159,13 @@ def deterministic(device: torch.device) -> Iterator[None]:
 @contextlib.contextmanager
 def no_augmentation() -> Iterator[None]:
     """Both data paths without crop/flip (the eval transform), so their batches can be equal."""
-    old = (stages.train_transform, fastpath.train_augmentation)
-    stages.train_transform = eval_transform  # type: ignore[assignment]
+    old = (batches.train_transform, fastpath.train_augmentation)
+    batches.train_transform = eval_transform  # type: ignore[assignment]
     fastpath.train_augmentation = lambda data: None  # type: ignore[assignment]
     try:
         yield
     finally:
-        stages.train_transform, fastpath.train_augmentation = old  # type: ignore[assignment]
+        batches.train_transform, fastpath.train_augmentation = old  # type: ignore[assignment]
 
 
 def fp_tolerance(device: torch.device) -> tuple[float, float]:

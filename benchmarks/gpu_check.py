@@ -53,6 +53,7 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
+import mislas.device
 from benchmarks import cuda_paths, synthetic
 from benchmarks.reference import PILArrayDataset, reference_loader, reference_steps
 from benchmarks.run import cycle, stage2_configs, sync, top_quartile_mean, training_ips
@@ -195,7 +196,7 @@ def train_ips(device: torch.device, *, batch: int, size: int, channels: int, ste
     m = build_model("resnet32", 10, channels).to(device).to(memory_format=torch.channels_last)
     x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
-    return training_ips(m, x, y, device, warm=warm, steps=steps, autocast=lambda: stages._autocast(device))
+    return training_ips(m, x, y, device, warm=warm, steps=steps, autocast=lambda: mislas.device.autocast(device))
 
 
 def matmul_tflops(device: torch.device, n: int) -> float:
@@ -368,7 +369,7 @@ def stage2_speed(device: torch.device, bs: BenchSizes) -> dict[str, Any]:
 def _heads(g: int, dim: int, k: int, device: torch.device) -> tuple[list[nn.Module], list[torch.optim.SGD],
                                                                        list[nn.Module]]:
     """G MiSLAS heads (W, b, per-class scale; LAS over a long-tailed profile; two SGD groups, as
-    :func:`mislas.stages._new_member` builds them) on ``dim``-d features and ``k`` classes."""
+    :func:`mislas.stage2.members.new_member` builds them) on ``dim``-d features and ``k`` classes."""
     counts = lt_class_counts(k, 1000, 200.0)
     heads, opts, losses = [], [], []
     for i in range(g):
@@ -402,7 +403,7 @@ def _peak(device: torch.device, base: int) -> float | None:
 
 def paper_scale(device: torch.device, bs: BenchSizes) -> list[dict[str, Any]]:
     """Stacked MiSLAS heads at ResNet-50's 2048-d features and ImageNet-LT's 1000 / iNaturalist's 8142
-    classes: ms per training step (batch 256, the step of ``stages._epoch_step``) and per member, peak
+    classes: ms per training step (batch 256, the step of ``mislas.stage2.engine.epoch_step``) and per member, peak
     GPU memory per member; and the heads' evaluation (logits on the device, metrics on the CPU, as
     ``stages.predict_heads`` + ``evaluate_logits``) per member and 1000 images."""
     from mislas.metrics import evaluate_logits
@@ -418,7 +419,7 @@ def paper_scale(device: torch.device, bs: BenchSizes) -> list[dict[str, Any]]:
             y = torch.randint(0, k, (bs.ps_batch,), device=device, generator=gen)
 
             def step(stacked: StackedHeads = stacked, feats: torch.Tensor = feats, y: torch.Tensor = y) -> None:
-                with stages._autocast(device):
+                with mislas.device.autocast(device):
                     loss = stacked.loss(stacked.logits(feats), y)
                 torch.autograd.backward(loss.sum())
                 stacked.step()

@@ -27,7 +27,9 @@ from torch import nn
 from mislas import checkpoint
 from mislas.config import RunConfig, apply_overrides, from_dict, paper_config
 from mislas.data import LTData
+from mislas.device import resolve_device
 from mislas.errors import UsageError
+from mislas.evaluation import evaluate_split
 from mislas.models import Network, ScaledClassifier, build_model
 from mislas.reference import (
     describe_keys,
@@ -35,10 +37,10 @@ from mislas.reference import (
     is_reference_payload,
     load_reference_into,
     read_checkpoint_file,
-    reference_class_order,
     reference_from_payload,
 )
-from mislas.stages import evaluate_split, load_stage1, resolve_device
+from mislas.reference_order import reference_class_order
+from mislas.stage1 import load_stage1
 from mislas.train import load_data, write_json_atomic
 
 

@@ -15,9 +15,9 @@ Randomness: at the start of each epoch, the order comes from
 reference's ``ceil(N/B) + 1`` batches, is the number of batches here too) -- the same as the
 DataLoader path either way, so Stage 2's class-aware order is identical on both -- then one crop offset
 and one flip bit per position from the same generator, all on the CPU, moved to the device
-in one transfer. A caller that reseeds the generator per (seed, stage, epoch), as
-:mod:`mislas.stages` does, gets batches that depend on that epoch seed alone, so resumed
-runs reproduce uninterrupted ones. Mixup stays in :class:`mislas.stages.Mixup`.
+in one transfer. A caller that reseeds the generator per (seed, stage, epoch), as the
+stages do (:mod:`mislas.seeding`), gets batches that depend on that epoch seed alone, so resumed
+runs reproduce uninterrupted ones. Mixup stays in :class:`mislas.mixup.Mixup`.
 
 The resident copies are cached per (split, device, padding) and live as long as the split.
 """

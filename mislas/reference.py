@@ -33,13 +33,8 @@ datasets/places.py at bb5ba7e, datasets/ina2018.py at dcdc6cf:
   ``forward(x) = learned_norm * x`` applied to the classifier's logits (train_stage2.py:345-346,
   355-356 and in ``validate``). Logits = s ⊙ (W f + b): exactly :class:`ScaledClassifier`.
 
-Class order: for its list data sets the reference renumbers classes by descending train count
-(datasets/places.py:26-34 and datasets/ina2018.py:26-34, ``class_map`` from
-``np.argsort(-counts)``, applied to the eval list too, :72). Output j of a reference model is
-therefore the class of rank j, and rows must be put back in label order. NumPy's default
-argsort is not stable, and its tie order changed with the AVX-512 sort of NumPy >= 1.25, so
-:func:`reference_class_map` restates the classic introsort that the reference's NumPy (2021)
-ran. CIFAR-LT is not renumbered (datasets/cifar100.py: ``targets`` kept).
+Class order (the reference renumbers the classes of its list data sets by descending train
+count): :mod:`mislas.reference_order`.
 """
 
 from __future__ import annotations
@@ -54,9 +49,11 @@ import torch
 from torch import nn
 
 from mislas.config import RunConfig
-from mislas.data.types import FileListSplit, LTData
+from mislas.data.types import LTData
 from mislas.errors import UsageError
 from mislas.models import Network, ResNet32Body, ScaledClassifier, build_model
+from mislas.reference_order import reference_class_map as reference_class_map  # re-exported: its old home
+from mislas.reference_order import reference_class_order as reference_class_order  # re-exported too
 from mislas.safe_load import load_torch_file
 
 MODEL = "state_dict_model"
@@ -228,6 +225,26 @@ def load_reference_into(
     assert isinstance(head, nn.Linear), f"a reference classifier is linear, got {type(head).__name__}"
     num_classes = head.out_features
     index = None if class_order is None else _check_permutation(class_order, num_classes)
+    _check_keys(ref, key_map, arch)
+    new_state: dict[str, torch.Tensor] = {}
+    for our_key, (section, ref_key) in key_map.items():
+        state = ref.section(section)
+        assert state is not None
+        if ref_key not in state:
+            if our_key.endswith(_OPTIONAL_SUFFIX):
+                new_state[our_key] = ours[our_key]
+                continue
+            raise UsageError(f"checkpoint {ref.path}: missing key {section}/{ref_key} that arch {arch} needs")
+        value = _shaped(ref, section, ref_key, state[ref_key], ours[our_key], arch, num_classes)
+        if index is not None and section in (CLASSIFIER, LWS):
+            value = value.index_select(0, index)
+        new_state[our_key] = value.to(ours[our_key].dtype)
+    model.load_state_dict(new_state, strict=True)
+    return model
+
+
+def _check_keys(ref: ReferenceCheckpoint, key_map: Mapping[str, tuple[str, str]], arch: str) -> None:
+    """UsageError for a section the model needs and the file lacks (or the reverse), or a key no parameter maps to."""
     expected: dict[str, set[str]] = {}
     for section, ref_key in key_map.values():
         expected.setdefault(section, set()).add(ref_key)
@@ -246,29 +263,20 @@ def load_reference_into(
                 f"checkpoint {ref.path}: unexpected key {section}/{unexpected[0]} for arch {arch} "
                 f"({len(unexpected)} unexpected in all)"
             )
-    new_state: dict[str, torch.Tensor] = {}
-    for our_key, (section, ref_key) in key_map.items():
-        state = ref.section(section)
-        assert state is not None
-        if ref_key not in state:
-            if our_key.endswith(_OPTIONAL_SUFFIX):
-                new_state[our_key] = ours[our_key]
-                continue
-            raise UsageError(f"checkpoint {ref.path}: missing key {section}/{ref_key} that arch {arch} needs")
-        value = state[ref_key]
-        if section == LWS:  # [1, K] in the reference, [K] here
-            if value.shape != (1, *ours[our_key].shape):
-                raise UsageError(f"checkpoint {ref.path}: {section}/{ref_key} has shape {tuple(value.shape)}, "
-                                 f"arch {arch} with {num_classes} classes needs (1, {num_classes})")
-            value = value.reshape(ours[our_key].shape)
-        elif value.shape != ours[our_key].shape:
+
+
+def _shaped(ref: ReferenceCheckpoint, section: str, ref_key: str, value: torch.Tensor, ours: torch.Tensor, arch: str,
+            num_classes: int) -> torch.Tensor:
+    """The reference's tensor in our shape (the LWS scale [1, K] -> [K]); UsageError naming it if it does not fit."""
+    if section == LWS:  # [1, K] in the reference, [K] here
+        if value.shape != (1, *ours.shape):
             raise UsageError(f"checkpoint {ref.path}: {section}/{ref_key} has shape {tuple(value.shape)}, "
-                             f"arch {arch} with {num_classes} classes needs {tuple(ours[our_key].shape)}")
-        if index is not None and section in (CLASSIFIER, LWS):
-            value = value.index_select(0, index)
-        new_state[our_key] = value.to(ours[our_key].dtype)
-    model.load_state_dict(new_state, strict=True)
-    return model
+                             f"arch {arch} with {num_classes} classes needs (1, {num_classes})")
+        return value.reshape(ours.shape)
+    if value.shape != ours.shape:
+        raise UsageError(f"checkpoint {ref.path}: {section}/{ref_key} has shape {tuple(value.shape)}, "
+                         f"arch {arch} with {num_classes} classes needs {tuple(ours.shape)}")
+    return value
 
 
 def load_reference_checkpoint(
@@ -292,129 +300,14 @@ def load_reference_checkpoint(
     return load_reference_into(model, ref, arch, class_order=class_order).eval()
 
 
-# --- class order ------------------------------------------------------------------------------
-
-_SMALL_QUICKSORT = 15  # NumPy's cut-over to insertion sort (partitions of at most 16 elements)
-
-
-def _classic_argsort(values: Sequence[int]) -> list[int]:
-    """NumPy's pre-SIMD default argsort: median-of-3 introsort, insertion sort below 17, heapsort past 2·log2 n.
-
-    Restated (not NumPy's code) so that ties come out as the reference's NumPy put them;
-    checked against NumPy 1.26's generic path on random arrays with many ties. NumPy >= 1.25
-    on AVX-512 machines uses another algorithm with another tie order.
-    """
-    v = [int(x) for x in values]
-    n = len(v)
-    idx = list(range(n))
-    stack: list[tuple[int, int, int]] = []
-    lo, hi, depth = 0, n - 1, 2 * (n.bit_length() - 1)
-    while n > 1:
-        if depth < 0:
-            _heap_argsort(v, idx, lo, hi - lo + 1)
-        else:
-            while hi - lo > _SMALL_QUICKSORT:
-                mid = lo + ((hi - lo) >> 1)
-                if v[idx[mid]] < v[idx[lo]]:
-                    idx[mid], idx[lo] = idx[lo], idx[mid]
-                if v[idx[hi]] < v[idx[mid]]:
-                    idx[hi], idx[mid] = idx[mid], idx[hi]
-                if v[idx[mid]] < v[idx[lo]]:
-                    idx[mid], idx[lo] = idx[lo], idx[mid]
-                pivot = v[idx[mid]]
-                i, j = lo, hi - 1
-                idx[mid], idx[j] = idx[j], idx[mid]
-                while True:
-                    i += 1
-                    while v[idx[i]] < pivot:
-                        i += 1
-                    j -= 1
-                    while pivot < v[idx[j]]:
-                        j -= 1
-                    if i >= j:
-                        break
-                    idx[i], idx[j] = idx[j], idx[i]
-                idx[i], idx[hi - 1] = idx[hi - 1], idx[i]
-                depth -= 1
-                if i - lo < hi - i:  # keep the smaller side, stack the larger
-                    stack.append((i + 1, hi, depth))
-                    hi = i - 1
-                else:
-                    stack.append((lo, i - 1, depth))
-                    lo = i + 1
-            for i in range(lo + 1, hi + 1):
-                item, j = idx[i], i
-                while j > lo and v[item] < v[idx[j - 1]]:
-                    idx[j] = idx[j - 1]
-                    j -= 1
-                idx[j] = item
-        if not stack:
-            break
-        lo, hi, depth = stack.pop()
-    return idx
-
-
-def _heap_argsort(v: list[int], idx: list[int], start: int, count: int) -> None:
-    """Heapsort of ``idx[start:start + count]`` by ``v`` (1-based heap, as NumPy's)."""
-
-    def sift(i: int, size: int, item: int) -> None:
-        j = 2 * i
-        while j <= size:
-            if j < size and v[idx[start + j - 1]] < v[idx[start + j]]:
-                j += 1
-            if v[item] < v[idx[start + j - 1]]:
-                idx[start + i - 1] = idx[start + j - 1]
-                i, j = j, 2 * j
-            else:
-                break
-        idx[start + i - 1] = item
-
-    for top in range(count >> 1, 0, -1):
-        sift(top, count, idx[start + top - 1])
-    size = count
-    while size > 1:
-        item = idx[start + size - 1]
-        idx[start + size - 1] = idx[start]
-        size -= 1
-        sift(1, size, item)
-
-
-def reference_class_map(counts: Sequence[int]) -> tuple[int, ...]:
-    """``class_map[c]``: the reference's index of class ``c`` (rank by descending train count).
-
-    As datasets/places.py:29-32 builds it: ``sorted = argsort(-counts)``,
-    ``class_map[sorted[i]] = i``, with NumPy's classic tie order.
-    """
-    order = _classic_argsort([-int(c) for c in counts])
-    class_map = [0] * len(order)
-    for rank, cls in enumerate(order):
-        class_map[cls] = rank
-    return tuple(class_map)
-
-
-def reference_class_order(data: LTData) -> tuple[int, ...] | None:
-    """How the reference numbered ``data``'s classes: a class map for list data sets, None for CIFAR.
-
-    The reference counts its whole train list; where our val split is held out of that list
-    (iNaturalist), its images are counted back in.
-    """
-    if not isinstance(data.train, FileListSplit):
-        return None
-    labels = data.train.labels
-    if isinstance(data.val, FileListSplit) and data.val.list_file == data.train.list_file:
-        labels = torch.cat([labels, data.val.labels])
-    counts = torch.bincount(labels, minlength=data.num_classes).tolist()
-    return reference_class_map(counts)
-
-
 def load_any_stage1(path: Path | str, data: LTData, cfg: RunConfig, device: torch.device) -> Network:
     """A Stage-1 model from our checkpoint or from the reference's, told apart by their keys.
 
-    Ours go through :func:`mislas.stages.load_stage1` (data and recipe checked); the
+    Ours go through :func:`mislas.stage1.load_stage1` (data and recipe checked); the
     reference's are checked by name and shape only (they carry no data fingerprint), and
     come with a plain linear classifier, ready for Stage 2.
     """
-    from mislas.stages import load_stage1  # stages imports models; imported here to keep this module light
+    from mislas.stage1 import load_stage1  # stage1 imports the training stack; imported here to keep this module light
 
     path = Path(path)
     payload = read_checkpoint_file(path)

@@ -1,6 +1,6 @@
 """G Stage-2 heads as stacked tensors: one batched matmul, one vmapped loss, one SGD update.
 
-Why: in a Stage-2 group (:func:`mislas.stages.train_stage2_group`) the backbone pass is
+Why: in a Stage-2 group (:func:`mislas.stage2.train_stage2_group`) the backbone pass is
 shared, and G small heads stepped one by one cost G x (about 30 tiny kernels) per batch,
 which then dominates (on a GPU each launch costs more than the head's arithmetic; on a busy
 CPU each small op can stall on a descheduled thread): stacked, the op count no longer grows

@@ -39,10 +39,13 @@ from mislas.config import (
 )
 from mislas.data import DATASETS, LTData, load_dataset
 from mislas.data.samplers import class_aware_epoch_steps
+from mislas.device import resolve_device
 from mislas.errors import EXIT_USAGE, NonFiniteError, UsageError
+from mislas.records import StageResult
 from mislas.reference import load_any_stage1
 from mislas.spec import device_name
-from mislas.stages import StageResult, resolve_device, train_stage1, train_stage2
+from mislas.stage1 import train_stage1
+from mislas.stage2 import train_stage2
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -48,7 +48,7 @@ Floats = Sequence[float] | np.ndarray  # per-class values
 # --- builders ------------------------------------------------------------------------------
 
 def epochs_rows(trial_id: str, records: Sequence[Any]) -> list[dict[str, Any]]:
-    """Rows from :class:`mislas.stages.EpochRecord` objects (or their dicts)."""
+    """Rows from :class:`mislas.records.EpochRecord` objects (or their dicts)."""
     rows = []
     for rec in records:
         r = rec if isinstance(rec, Mapping) else rec.__dict__

@@ -50,7 +50,7 @@ from mislas.config import RunConfig
 from study.storage import Store, stamp
 
 CHECKPOINT = "stage1.pt"
-PARTIAL = "stage1.partial.pt"  # an interrupted training's last epoch (mislas.stages.fit_stage1)
+PARTIAL = "stage1.partial.pt"  # an interrupted training's last epoch (mislas.stage1.fit_stage1)
 DONE = "done.json"
 HISTORY = "trainings.jsonl"
 TrainFn = Callable[[Path], Mapping[str, Any]]

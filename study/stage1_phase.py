@@ -11,7 +11,7 @@ its own Ray work with its own resources:
 * ``--stage1-workers 1`` (default): a Ray task with one trial's CPUs and GPUs;
 * ``--stage1-workers N``: Ray Train's ``TorchTrainer`` over N workers (DDP; NCCL on GPUs, gloo
   on CPUs; ``--stage1-gpus-per-worker``), the recipe's global batch and learning rate kept,
-  the epoch and mixup sharded per rank (:func:`mislas.stages.fit_stage1`).
+  the epoch and mixup sharded per rank (:func:`mislas.stage1.fit_stage1`).
 
 A Ray task for one worker, not a one-worker TorchTrainer: Ray Train's controller costs about
 15 s per run on a 2-core machine (measured with Ray 2.60) and gives one process nothing.
@@ -109,7 +109,7 @@ def train_job(job: Stage1Job, location: str, progress: bool, device_name: str) -
     import torch
 
     from mislas.distributed import broadcast, current_shard
-    from mislas.stages import evaluate_stage1, fit_stage1
+    from mislas.stage1 import evaluate_stage1, fit_stage1
     from mislas.train import load_data
 
     shard = current_shard()

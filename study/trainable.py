@@ -25,7 +25,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,18 +39,12 @@ from mislas.atomic import write_atomic
 from mislas.config import TRAINED_METHODS, RunConfig, effective_shift_bn
 from mislas.data import LTData
 from mislas.errors import NonFiniteError
+from mislas.records import EpochRecord, StageResult
 from mislas.reference import load_any_stage1
 from mislas.spec import device_name
 from mislas.splits import class_splits
-from mislas.stages import (
-    SHARED_FIELDS,
-    EpochRecord,
-    StageResult,
-    load_stage1,
-    train_stage1,
-    train_stage2,
-    train_stage2_group,
-)
+from mislas.stage1 import load_stage1, train_stage1
+from mislas.stage2 import train_stage2, train_subgroups
 from mislas.train import load_data
 from study import results, schema
 from study.groups import group_metrics
@@ -150,33 +144,6 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         _TrialRun(ctx, spec, trial_id, work).run()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def train_subgroups(data: LTData, model: Any, cfgs: list[RunConfig], *, device: torch.device,
-                    checkpoint_dir: Path | None, on_epoch: Callable[[int, EpochRecord], None],
-                    progress: bool) -> list[StageResult]:
-    """The Stage-2 engine over the members, one sub-group per shared backbone pass.
-
-    Members that differ in a field the shared pass depends on (``mislas.stages.SHARED_FIELDS``,
-    e.g. ``shift_bn``: the BN statistics differ) cannot share it, so each such set is its own
-    sub-group (one pass each); results come back in member order, and ``on_epoch`` gets member
-    indices of the whole group.
-    """
-    modes: dict[tuple[Any, ...], list[int]] = {}
-    for i, cfg in enumerate(cfgs):
-        modes.setdefault(tuple(get(cfg) for _, get in SHARED_FIELDS), []).append(i)
-    out: list[StageResult | None] = [None] * len(cfgs)
-    for n, idx in enumerate(modes.values()):
-        sub_dir = None if checkpoint_dir is None else checkpoint_dir / f"sub{n}"
-
-        def forward(j: int, rec: EpochRecord, idx: list[int] = idx) -> None:
-            on_epoch(idx[j], rec)
-
-        res = train_stage2_group(data, model, [cfgs[i] for i in idx], device=device, checkpoint_dir=sub_dir,
-                                 on_epoch=forward, progress=progress)
-        for i, r in zip(idx, res):
-            out[i] = r
-    return [r for r in out if r is not None]
 
 
 class _TrialRun:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+import mislas.data.batches as batches
 import mislas.fastpath as fastpath
 import mislas.stages as stages
 from mislas.config import DataConfig, RunConfig, Stage1Config, Stage2Config, apply_overrides
@@ -178,7 +179,7 @@ def _tiny_cfg(loader: str) -> RunConfig:
 
 def test_training_is_the_same_through_either_path_without_augmentation(monkeypatch: pytest.MonkeyPatch) -> None:
     """The method's math is unchanged: with augmentation off, fast path and DataLoader path agree."""
-    monkeypatch.setattr(stages, "train_transform", eval_transform)
+    monkeypatch.setattr(batches, "train_transform", eval_transform)
     monkeypatch.setattr(fastpath, "train_augmentation", lambda data: None)
     data = _data([40, 16, 6], size=12, channels=1, seed=3)
     results = {}

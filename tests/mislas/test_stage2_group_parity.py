@@ -22,6 +22,7 @@ from mislas.data.samplers import ClassAwareEpochs
 from mislas.errors import NonFiniteError, UsageError
 from mislas.las import LabelAwareSmoothing
 from mislas.models import ScaledClassifier
+from mislas.stage2 import subgroups
 from mislas.stages import (
     EpochRecord,
     StageResult,
@@ -150,6 +151,18 @@ def test_group_refuses_untrained_methods_and_empty() -> None:
         check_group([_cfg(method="crt"), _cfg(method="crt", shift_bn=False)])
     # mixup_alpha matters only with mixup on
     check_group([_cfg(mixup_alpha=0.2), _cfg(mixup_alpha=1.0)])
+
+
+def test_subgroups_split_by_the_shared_fields_in_first_member_order() -> None:
+    """Members that cannot share a pass (here: shift BN, then the seed) land in separate sub-groups,
+    each a group check_group accepts; the members that can share keep one group, in member order."""
+    cfgs = [_cfg(shift_bn=True, eps_1=0.3), _cfg(shift_bn=False), replace(_cfg(shift_bn=True), seed=1),
+            _cfg(shift_bn=True, eps_1=0.1), _cfg(shift_bn=False, dw_ratio=0.5)]
+    assert subgroups(cfgs) == [[0, 3], [1, 4], [2]]
+    for idx in subgroups(cfgs):
+        check_group([cfgs[i] for i in idx])
+    assert subgroups([_cfg(eps_1=e) for e in (0.1, 0.2, 0.3)]) == [[0, 1, 2]]
+    assert subgroups([]) == []
 
 
 def test_engine_equals_a_hand_written_loop(tiny: LTData, stage1: StageResult) -> None:

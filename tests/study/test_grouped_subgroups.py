@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mislas.data import LTData
+from mislas.stage2 import train_subgroups
 from mislas.stages import train_stage1, train_stage2
-from study.trainable import train_subgroups
 from tests.helpers import tiny_cfg as _cfg  # the same tiny Stage-1/Stage-2 budget as test_stage2_group_parity
 
 CPU = torch.device("cpu")
