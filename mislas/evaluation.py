@@ -80,8 +80,7 @@ def evaluate_heads(backbone: Network, heads: Sequence[nn.Module], data: LTData, 
     out = []
     for cfg, lg in zip(cfgs, logits):
         e = cfg.eval
-        out.append(evaluate_logits(lg, labels, data.class_counts, n_bins=e.n_bins, many_above=e.many_above,
-                                   few_below=e.few_below, index_ranges=e.index_ranges))
+        out.append(evaluate_logits(lg, labels, data.class_counts, n_bins=e.n_bins, split_rule=e.split_rule))
     return out
 
 
@@ -97,8 +96,7 @@ def final_evaluation(backbone: Network, heads: Sequence[nn.Module], data: LTData
     out = []
     for cfg, lv, lt in zip(cfgs, val_logits, test_logits):
         e = cfg.eval
-        kwargs: dict[str, Any] = {"n_bins": e.n_bins, "many_above": e.many_above, "few_below": e.few_below,
-                                  "index_ranges": e.index_ranges}
+        kwargs: dict[str, Any] = {"n_bins": e.n_bins, "split_rule": e.split_rule}
         val = evaluate_logits(lv, val_labels, data.class_counts, **kwargs)
         test = evaluate_logits(lt, test_labels, data.class_counts, **kwargs)
         t, val_ts, test_ts = temperature_scaled_results(lv, val_labels, lt, test_labels, data.class_counts, **kwargs)
