@@ -6,6 +6,10 @@
   each way of stepping, in copies of G×K×D float32.
 - The temperature fit on iNaturalist-2018-shaped validation logits (24,426 × 8,142): passes
   over the logits and the fit's CPU time ÷ one float32 ``log_softmax`` over them.
+- The Stage-2 checkpoint at iNaturalist's shapes (D = 2048, K = 8,142): bytes written per epoch
+  per member (``/proc/self/io`` wchar around one real engine write and the report that follows,
+  G = 2 minus G = 1), with the state in the reported folder (before) and moved into the store
+  with a pointer reported (after, :mod:`study.engine_state`); see :func:`bench_checkpoint`.
 
 Stacked time: the fastest of ``rounds`` interleaved turns of each kind, wall clock (timeit's
 rule), and the same from CPU time; one long temperature fit cannot be repeated, so its figure
@@ -35,12 +39,14 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import shutil
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 from torch import nn
 
@@ -398,6 +404,87 @@ def bench_eval(n: int = INAT_VAL // 8, k: int = INAT_CLASSES, d: int = 2048, *, 
         out["eval_cpu_s_ratio"] = measured["eval_before"]["cpu_s"] / measured["eval"]["cpu_s"]
         out["final_cpu_s_ratio"] = measured["final_before"]["cpu_s"] / measured["final"]["cpu_s"]
     return out
+def _written() -> int:
+    """Bytes this process has passed to ``write`` so far (Linux ``/proc/self/io`` ``wchar``, all threads)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise RuntimeError("/proc/self/io has no wchar")
+
+
+def _stage2_state(g: int, k: int, d: int) -> tuple[list[dict[str, Any]], list[Any], dict[str, torch.Tensor]]:
+    """The engine's checkpoint content for G MiSLAS members at (K, D), as after one epoch: each member
+    built by :func:`mislas.stage2.members.new_member` and stepped once (momentum exists), and the
+    BN buffers of a ResNet-50 body (the shared part)."""
+    from mislas.config import RunConfig, Stage2Config
+    from mislas.data import ArraySplit, LTData
+    from mislas.models import build_model
+    from mislas.stage2.members import member_state, new_member
+
+    counts = lt_class_counts(k, 1000, 100.0)
+    one = ArraySplit(torch.zeros(1, 1, 1, 1, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64))
+    data = LTData(name="inat-shaped", num_classes=k, train=one, val=one, test=one, class_counts=tuple(counts),
+                  image_size=1, in_channels=1, mean=(0.5,), std=(0.25,), fingerprint="0" * 64)
+    cfgs = [RunConfig(stage2=Stage2Config(epochs=30, eps_1=0.1 + 0.1 * i, eps_k=0.0)) for i in range(g)]
+    torch.manual_seed(0)
+    stage1_head = nn.Linear(d, k)
+    states = []
+    for i, cfg in enumerate(cfgs):
+        m = new_member(i, cfg, stage1_head, data)
+        x, y = torch.randn(8, d), torch.randint(0, k, (8,))
+        torch.autograd.backward(m.loss_fn(m.head(x), y))
+        m.optimizer.step()
+        m.scheduler.step()
+        states.append(member_state(m))
+    body = build_model("resnet50", k, 3, None, load_pretrained=False).body
+    return states, cfgs, dict(body.named_buffers())
+
+
+def bench_checkpoint(k: int = INAT_CLASSES, d: int = 2048, gs: tuple[int, int] = (1, 2)) -> dict[str, Any]:
+    """Bytes written per Stage-2 epoch for G members at (K, D), measured (``/proc/self/io`` wchar).
+
+    One epoch's checkpoint path, run for real on files: the engine's write
+    (:func:`mislas.checkpoint.save_stage2`, the payload the engine writes), then what the
+    report does with it. Before (the trial reported its work folder, state included): Tune's
+    persist copies the folder (``pyarrow.fs.copy_files``, what
+    ``StorageContext.persist_current_checkpoint`` runs). After: :class:`study.engine_state.EngineState`
+    moves the state into the store (a rename) and Tune copies the reported folder, which holds the
+    pointer. Per member: the difference between G = 2 and G = 1 (the shared BN buffers cancel).
+    """
+    import tempfile
+
+    from mislas import checkpoint
+    from study.engine_state import EngineState
+
+    def epoch_bytes(g: int, root: Path) -> dict[str, int]:
+        states, cfgs, buffers = _stage2_state(g, k, d)
+        out = {}
+        for how in ("before", "after"):
+            trial = root / f"{how}-g{g}"
+            reported, persisted = trial / "work", trial / "tune-checkpoint"
+            engine = EngineState(str(trial / "results"), "t0", trial / "scratch")
+            engine.start(reported.parent / "nothing-restored")
+            state_dir = (reported / "engine" if how == "before" else engine.work) / "sub0"
+            state_dir.mkdir(parents=True, exist_ok=True)
+            reported.mkdir(exist_ok=True)
+            w0 = _written()
+            checkpoint.save_stage2(state_dir / checkpoint.STAGE2, epoch=1, members=states, body_buffers=buffers,
+                                   cfgs=cfgs, fingerprint="0" * 64)
+            if how == "after":
+                engine.publish(1, reported)
+            persisted.mkdir()  # Tune's persist of the reported folder: create_dir, then copy_files
+            pafs.copy_files(str(reported), str(persisted))
+            out[how] = _written() - w0
+            out[f"{how}_file"] = sum(f.stat().st_size for f in trial.rglob("*.pt")) // (2 if how == "before" else 1)
+            shutil.rmtree(trial)
+        return out
+
+    with tempfile.TemporaryDirectory(prefix="mislas-ckpt-bench-") as tmp:
+        one, two = (epoch_bytes(g, Path(tmp)) for g in gs)
+    per_member = {how: (two[how] - one[how]) // (gs[1] - gs[0]) for how in ("before", "after")}
+    return {"k": k, "d": d, "gs": list(gs), "bytes_per_epoch": {f"g{gs[0]}": one, f"g{gs[1]}": two},
+            "per_member": per_member, "state_bytes_per_member": (two["after_file"] - one["after_file"]),
+            "kxd_fp32_bytes": k * d * 4}
 
 
 def paper_scale(*, before: bool = False) -> dict[str, Any]:
@@ -406,6 +493,7 @@ def paper_scale(*, before: bool = False) -> dict[str, Any]:
     tf = bench_temperature(before=before)
     un = bench_union(before=before)
     ev = bench_eval(before=before)
+    ck = bench_checkpoint()
     flat: dict[str, Any] = {
         "stacked_vs_loop_2048x1000_g16": st["stacked_vs_loop"],
         "stacked_peak_copies_2048x1000_g16": st["peak_copies"]["stacked"],
@@ -415,6 +503,8 @@ def paper_scale(*, before: bool = False) -> dict[str, Any]:
         "union_s_per_1k_parts_k100": un["after"]["s_per_1k_parts"],
         "union_peak_bytes_k100": un["after"]["peak_bytes"],
         "eval_host_bytes_per_member_inat": ev["host_bytes_per_member"],
+        "ckpt_bytes_per_epoch_per_member_inat": ck["per_member"]["after"],
+        "ckpt_bytes_per_epoch_per_member_inat_before": ck["per_member"]["before"],
     }
     if before:
         flat.update({
@@ -426,4 +516,4 @@ def paper_scale(*, before: bool = False) -> dict[str, Any]:
             "union_peak_bytes_k100_before": un["before"]["peak_bytes"],
             "eval_host_bytes_per_member_inat_before": ev["host_bytes_per_member_before"],
         })
-    return {**flat, "stacked": st, "temperature": tf, "union": un, "eval": ev}
+    return {**flat, "stacked": st, "temperature": tf, "union": un, "eval": ev, "checkpoint": ck}

@@ -6,9 +6,11 @@ trial takes the same path. What it reports to Tune:
 
 * after each Stage-2 epoch but the last: ``epoch``, ``final = 0``, each member's validation
   metrics under ``g<k>_`` and the group's best ``val_acc`` / ``val_ece`` (what ASHA acts on;
-  for a group of one, the member's own), with a checkpoint holding the Stage-2 engine's
-  resumable state and each member's folder ``g<k>/`` (``outcome.json``, ``epochs.parquet``),
-  so a retried trial (``FailureConfig``) resumes at its last finished epoch;
+  for a group of one, the member's own), with a checkpoint holding each member's folder
+  ``g<k>/`` (``outcome.json``, ``epochs.parquet``) and a pointer to the Stage-2 engine's
+  resumable state, which stays in the study's store (:mod:`study.engine_state`: written once
+  per epoch, not copied by Tune), so a retried trial (``FailureConfig``) resumes at its last
+  finished epoch;
 * once at the end: the same with test metrics and ``final = 1``, each ``g<k>/`` now holding
   the member's final outcome and its epochs, classes and reliability tables.
 
@@ -47,6 +49,7 @@ from mislas.stage1 import load_stage1, train_stage1
 from mislas.stage2 import train_stage2, train_subgroups
 from mislas.train import load_data
 from study import results, schema
+from study.engine_state import EngineState
 from study.groups import group_metrics
 from study.nodecheck import require_cuda
 from study.outcome import OUTCOME, MemberOutcome, divergence
@@ -55,7 +58,6 @@ from study.stage1_cache import Stage1Cache, Stage1Entry, stage1_key
 from study.tune_adapter import node_ip
 
 REPORT = "report.json"  # the final report, re-reported when a finished trial is restored
-ENGINE = "engine"  # the Stage-2 engine's resumable state
 
 
 @dataclass(frozen=True)
@@ -139,18 +141,20 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
               file=sys.stderr, flush=True)
         tune.report(stored_report(ctx.written, ids))
         return
-    work = Path(tempfile.mkdtemp(prefix=f"mislas-trial-{trial_id}-"))
+    work = Path(tempfile.mkdtemp(prefix=f"mislas-trial-{trial_id}-"))  # the folder each report hands to Tune
+    scratch = Path(tempfile.mkdtemp(prefix=f"mislas-engine-{trial_id}-"))  # the engine's, on an object store
     try:
-        _TrialRun(ctx, spec, trial_id, work).run()
+        _TrialRun(ctx, spec, trial_id, work, EngineState(ctx.results_location, trial_id, scratch)).run()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class _TrialRun:
     """The one path of a trial: restore, data, Stage 1, Stage 2 (1..G members), outcomes, reports."""
 
-    def __init__(self, ctx: TrialContext, spec: TrialSpec, trial_id: str, work: Path) -> None:
-        self.ctx, self.spec, self.trial_id, self.work = ctx, spec, trial_id, work
+    def __init__(self, ctx: TrialContext, spec: TrialSpec, trial_id: str, work: Path, engine: EngineState) -> None:
+        self.ctx, self.spec, self.trial_id, self.work, self.engine = ctx, spec, trial_id, work, engine
         self.ids = spec.member_ids(trial_id)
         self.cfgs = [spec.run_config(ctx.base_configs[spec.dataset], k) for k in range(len(spec.members))]
         self.planned = planned_epochs(self.cfgs[0])
@@ -169,6 +173,8 @@ class _TrialRun:
             results.write_table_local(tbl, self.folders[k] / f"{name}.parquet")
 
     def _report(self, metrics: dict[str, Any]) -> None:
+        """``metrics`` with the work folder as the checkpoint: the members' files and the engine's pointer
+        (:mod:`study.engine_state`), kilobytes; the Stage-2 state itself stays in the study's store."""
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(self.work)))
 
     # -- the run ---------------------------------------------------------------------------
@@ -279,9 +285,12 @@ class _TrialRun:
                 self._write_outcome(j, replace(outcomes[j], epochs_run=len(recs), val=dict(recs[-1]["val"]),
                                                wall_s=time.perf_counter() - t_s2))
             members = [_val_metrics(r[epoch - 1]["val"]) for r in records]  # (an earlier sub-group is ahead)
+            self.engine.publish(epoch, self.work)  # the state the engine wrote, moved into the store
             self._report(group_metrics(epoch=epoch, final=False, members=members))
+            self.engine.prune()  # only once Tune holds this report: the one before may still be restored
 
-        return train_subgroups(data, model, self.cfgs, device=device, checkpoint_dir=self.work / ENGINE,
+        self.engine.start(self.work)  # the restored checkpoint's state (or none) in a fresh work folder
+        return train_subgroups(data, model, self.cfgs, device=device, checkpoint_dir=self.engine.work,
                                on_epoch=on_epoch, progress=self.ctx.progress)
 
     def _diverged(self, outcomes: list[MemberOutcome], records: list[list[dict[str, Any]]], wall: float,
@@ -296,7 +305,7 @@ class _TrialRun:
                                            wall_s=wall, finished_at=finished, error=error[:2000], diverged=True))
             self._write_tables(k, {"epochs": results.table("epochs", results.epochs_rows(self.ids[k], recs))})
             members.append(_val_metrics({}) | {"diverged": 1})
-        shutil.rmtree(self.work / ENGINE, ignore_errors=True)
+        self.engine.finish(self.work)
         report = group_metrics(epoch=min(len(r) for r in records), final=False, members=members) | {"diverged": 1}
         write_atomic(self.work / REPORT, json.dumps(report).encode())
         print(f"[trial {self.trial_id}] diverged: {exc}", file=sys.stderr, flush=True)
@@ -326,7 +335,7 @@ class _TrialRun:
             print(f"[trial {self.ids[k]}] {cfg.data.dataset} {cfg.stage2.method} seed {cfg.seed}"
                   f"{f' (group of {len(self.ids)})' if self.spec.grouped else ''}: val acc {r.val.acc:.2f} "
                   f"ECE {r.val.ece:.2f}" + ("" if why is None else f" (diverged: {why})"), file=sys.stderr, flush=True)
-        shutil.rmtree(self.work / ENGINE, ignore_errors=True)  # the finished trial needs only its rows
+        self.engine.finish(self.work)  # the finished trial needs only its rows
         report = group_metrics(epoch=self.planned, final=True, members=members)
         write_atomic(self.work / REPORT, json.dumps(report).encode())
         self._report(report)
