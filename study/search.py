@@ -16,6 +16,8 @@ import logging
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,16 @@ def make_sampler(seed: int) -> optuna.samplers.TPESampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True, group=True)
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One Optuna ask: the live trial, its storage-wide id and the setting's parameters."""
+
+    trial: optuna.trial.Trial
+    storage_id: int
+    params: dict[str, Any]
+    is_paper: bool = False
 
 
 class MislasOptunaSearch:
@@ -76,6 +88,7 @@ class MislasOptunaSearch:
         self.trial_ids: dict[str, int] = {}  # Tune trial id -> Optuna's storage-wide trial id
         self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self.completed: set[str] = set()  # Tune trial ids told to Optuna
+        self.attrs: dict[str, dict[str, Any]] = {}  # Tune trial id -> user attrs given (ask-ahead groups)
         self._handles: dict[str, optuna.trial.Trial] = {}
         self.study = self._open(storage, make_sampler(self.sampler_seed))
 
@@ -94,12 +107,26 @@ class MislasOptunaSearch:
         """Ask Optuna (once per Tune trial) and sample the space on that trial."""
         trial = self.ot_trial(trial_id)
         if trial is None:
-            trial = self.study.ask()
-            self.trial_ids[trial_id] = trial_storage_id(self.storage, self.study_name, trial.number)
-            self.numbers[trial_id] = trial.number
-            self._handles[trial_id] = trial
+            asked = self.ask()
+            self.adopt(trial_id, asked)
+            return asked.params
         derived = self.space(trial)
         return {**trial.params, **(derived or {})}
+
+    def ask(self) -> Asked:
+        """One Optuna ask with the space sampled on it, for no Tune trial yet (:meth:`adopt` gives
+        it one). Runs in the ask-ahead thread too: Optuna's storages lock their own state, and the
+        asks of one study are made in one thread at a time."""
+        trial = self.study.ask()
+        derived = self.space(trial)
+        return Asked(trial, trial_storage_id(self.storage, self.study_name, trial.number),
+                     {**trial.params, **(derived or {})})
+
+    def adopt(self, trial_id: str, asked: Asked) -> None:
+        """Make an asked trial Tune trial ``trial_id``'s (cheap: no storage access)."""
+        self.trial_ids[trial_id] = asked.storage_id
+        self.numbers[trial_id] = asked.trial.number
+        self._handles[trial_id] = asked.trial
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """A single objective's intermediate value per ``training_iteration`` (none for two)."""
@@ -138,6 +165,9 @@ class MislasOptunaSearch:
         """This search as JSON (see the class docstring)."""
         by_number = {t.number: t for t in self.study.get_trials(deepcopy=False)}
         asked = {tid: trial_to_json(by_number[self.numbers[tid]], oid) for tid, oid in self.trial_ids.items()}
+        for tid, attrs in self.attrs.items():  # (user attrs the ask-ahead thread may not have written yet)
+            if tid in asked:
+                asked[tid]["user_attrs"] = {**asked[tid]["user_attrs"], **attrs}
         return {"study_name": self.study_name, "study_id": self.storage.get_study_id_from_name(self.study_name),
                 "sampler_seed": self.sampler_seed, "trials": asked,
                 "completed": sorted(self.completed)}
@@ -153,7 +183,7 @@ class MislasOptunaSearch:
         self.numbers = {tid: int(t["number"]) for tid, t in state["trials"].items()}
         self.storage = storage
         self.completed = set(state["completed"])
-        self._handles = {}
+        self._handles, self.attrs = {}, {}
         seed = int(np.random.SeedSequence([self.sampler_seed, len(self.trial_ids)]).generate_state(1)[0])
         self.study = self._open(storage, make_sampler(seed))
 
@@ -216,6 +246,10 @@ class StudySearcher(Searcher):
         self.search_open: dict[str, set[str]] = {d: set() for d in self.searchers}  # Tune trials not yet ended
         self.search_scores: dict[str, dict[Stage2Setting, list[tuple[float, float]]]] = {d: {} for d in self.searchers}
         self.confirmed: dict[str, Stage2Setting | None] = {}  # data set -> the setting confirmed (None: none scored)
+        # groups of G > 1: the next group's asks, made ahead in one thread (see _suggest_mislas)
+        self._executor: ThreadPoolExecutor | None = None
+        self._ahead: dict[str, tuple[int, Future[list[Asked]]]] = {}
+        self._attr_jobs: dict[str, Future[None]] = {}
 
     @property
     def total(self) -> int:
@@ -255,36 +289,119 @@ class StudySearcher(Searcher):
             self.fixed_issued += 1
             self.owner[trial_id] = None
             return {"spec": spec}
-        return {"spec": self._suggest_mislas(stream, trial_id)}
+        group = self._suggest_mislas(stream, trial_id)
+        return None if group is None else {"spec": group}  # None: its group's asks are being made ahead
 
-    def _suggest_mislas(self, stream: str, trial_id: str) -> TrialSpec:
+    def _suggest_mislas(self, stream: str, trial_id: str) -> TrialSpec | None:
+        """The next group of ``stream``; None ("not now") while its asks are still being made.
+
+        A group of G > 1 is asked ahead, in one background thread: its G asks (each a TPE fit
+        and a few journal writes, ~0.1 s at 200 trials) would otherwise block Tune's loop
+        for G times that inside this call. The first group is asked when Tune first asks for it
+        (Tune asks again on None); each next group's asks start as soon as this one is issued,
+        while it trains. Issuing a group then takes no Optuna work here: its trials' row ids
+        are written to the journal by the same thread, after the asks, and kept in
+        ``attrs`` until then (the searcher's state reads them from there). A study interrupted
+        with a group asked ahead leaves those Optuna trials RUNNING and never run: they are
+        marked FAIL (orphaned) when the study ends (study.journal.close_orphans)."""
         searcher = self.searchers[stream]
         j = self.trials_issued[stream]
         n = min(self.group_size, self.n_trials[stream] - self.issued[stream])
         seed = self.seeds[j % len(self.seeds)]
-        t6 = self.table6[stream]
         ids = [trial_id] if n == 1 else [f"{trial_id}-g{k}" for k in range(n)]
+        if self.group_size == 1 or searcher.ot_trial(ids[0]) is not None:  # (a resumed searcher re-asks)
+            asked = [self._ask_member(stream, j, k, mid) for k, mid in enumerate(ids)]
+            for a, mid in zip(asked, ids):
+                for name, value in self._member_attrs(mid, trial_id, seed, a.is_paper).items():
+                    a.trial.set_user_attr(name, value)
+        else:
+            ready = self._asked_ahead(stream, j)
+            if ready is None:
+                return None
+            asked = ready
+            for a, mid in zip(asked, ids):
+                searcher.adopt(mid, a)
+                searcher.attrs[mid] = self._member_attrs(mid, trial_id, seed, a.is_paper)
+            self._attr_jobs[trial_id] = self._pool().submit(_write_attrs, asked, [searcher.attrs[m] for m in ids])
         members = []
-        for k, mid in enumerate(ids):
-            paper_slot = k == 0 and j < len(self.seeds)
-            if paper_slot and searcher.ot_trial(mid) is None:  # (not again when a resumed searcher re-asks)
-                searcher.study.enqueue_trial(dict(self.table6_params[stream]))
-            setting = Stage2Setting.from_params(searcher.suggest(mid) or {})
-            is_paper = paper_slot and setting.same(t6)
-            ot_trial = searcher.ot_trial(mid)
-            assert ot_trial is not None  # (suggest asked it)
-            for name, value in (("ray_trial_id", mid), ("group_id", trial_id), ("seed", seed),
-                                ("is_paper_setting", is_paper)):
-                ot_trial.set_user_attr(name, value)
-            members.append(TrialMember(setting, is_paper, ot_trial.number))
+        for a, mid in zip(asked, ids):
+            setting = Stage2Setting.from_params(a.params)
+            members.append(TrialMember(setting, a.is_paper, a.trial.number))
             self.member_settings[mid] = setting
         self.issued[stream] += n
         self.trials_issued[stream] += 1
         self.owner[trial_id] = stream
         self.members[trial_id] = ids
         self.search_open[stream].add(trial_id)
+        self._ask_ahead(stream)  # the next group's asks, while this one trains
         return TrialSpec(dataset=stream, method="mislas", mixup=True, seed=seed, members=tuple(members),
                          optuna_study=self.study_names[stream])
+
+    @staticmethod
+    def _member_attrs(mid: str, group_id: str, seed: int, is_paper: bool) -> dict[str, Any]:
+        return {"ray_trial_id": mid, "group_id": group_id, "seed": seed, "is_paper_setting": is_paper}
+
+    def _ask_member(self, stream: str, j: int, k: int, mid: str | None) -> Asked:
+        """Member ``k`` of group ``j``: the Table 6 setting enqueued first in its paper slot
+        (member 0 of the first ``len(seeds)`` groups); ``mid`` given: adopted by that row id."""
+        searcher = self.searchers[stream]
+        paper_slot = k == 0 and j < len(self.seeds)
+        if paper_slot and (mid is None or searcher.ot_trial(mid) is None):  # (not again on a re-ask)
+            searcher.study.enqueue_trial(dict(self.table6_params[stream]))
+        if mid is not None:
+            params = searcher.suggest(mid)
+            ot_trial = searcher.ot_trial(mid)
+            assert ot_trial is not None  # (suggest asked it)
+            asked = Asked(ot_trial, searcher.trial_ids[mid], params)
+        else:
+            asked = searcher.ask()
+        is_paper = paper_slot and Stage2Setting.from_params(asked.params).same(self.table6[stream])
+        return replace(asked, is_paper=is_paper)
+
+    def _ask_group(self, stream: str, j: int, n: int) -> list[Asked]:
+        """Group ``j``'s ``n`` asks, with the user attrs known before it is issued (the ask-ahead thread)."""
+        asked = [self._ask_member(stream, j, k, None) for k in range(n)]
+        for a in asked:
+            a.trial.set_user_attr("seed", self.seeds[j % len(self.seeds)])
+            a.trial.set_user_attr("is_paper_setting", a.is_paper)
+        return asked
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optuna-ask-ahead")
+        return self._executor
+
+    def _ask_ahead(self, stream: str) -> None:
+        """Start the asks of ``stream``'s next group (groups of G > 1 only; none when all are issued)."""
+        n = min(self.group_size, self.n_trials[stream] - self.issued[stream])
+        if self.group_size > 1 and n > 0 and stream not in self._ahead:
+            j = self.trials_issued[stream]
+            self._ahead[stream] = (j, self._pool().submit(self._ask_group, stream, j, n))
+
+    def _asked_ahead(self, stream: str, j: int) -> list[Asked] | None:
+        """Group ``j``'s asks if they are made (an error in them is raised here), else None,
+        starting them if they were not."""
+        if stream in self._ahead and self._ahead[stream][0] != j:  # (asked for another group: not used)
+            del self._ahead[stream]
+        self._ask_ahead(stream)
+        future = self._ahead[stream][1]
+        if not future.done():
+            return None
+        del self._ahead[stream]
+        return future.result()
+
+    def close(self) -> None:
+        """Wait for the ask-ahead thread's work (asks and row ids) and stop the thread; asks made
+        ahead stay for their group (a later group starts a new thread)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """(Tune may copy its searcher: the thread and its futures stay behind.)"""
+        state = dict(self.__dict__)
+        state.update(_executor=None, _ahead={}, _attr_jobs={})
+        return state
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         stream = self.owner.get(trial_id)
@@ -297,6 +414,9 @@ class StudySearcher(Searcher):
         stream = self.owner.get(trial_id)
         if stream is None or stream.startswith(CONFIRM_PREFIX):
             return
+        job = self._attr_jobs.pop(trial_id, None)
+        if job is not None:
+            job.result()  # its row ids are in the journal before it is told (long done: the trial ran)
         for k, mid in enumerate(self.members.get(trial_id, [])):
             values = member_result(result, k)
             self.searchers[stream].on_trial_complete(mid, result=values, error=error)
@@ -355,6 +475,8 @@ class StudySearcher(Searcher):
             raise ValueError(f"not a StudySearcher state of format {STATE_FORMAT} (format {state.get('format')!r})")
         if set(state["searchers"]) != set(self.searchers):
             raise ValueError(f"searcher state of data sets {sorted(state['searchers'])}, not {sorted(self.searchers)}")
+        self.close()
+        self._ahead.clear()  # (asks made ahead on the old studies are not used)
         self.journal_file = state["journal_file"]
         shared = None if self.journal_file is None else optuna.storages.JournalStorage(
             JournalFileBackend(self.journal_file))
@@ -379,6 +501,13 @@ class StudySearcher(Searcher):
 
 
 STATE_FORMAT = 1
+
+
+def _write_attrs(asked: Sequence[Asked], attrs: Sequence[Mapping[str, Any]]) -> None:
+    """The user attrs of an issued group's Optuna trials (the ask-ahead thread)."""
+    for a, values in zip(asked, attrs):
+        for name in ("ray_trial_id", "group_id"):  # (seed, is_paper_setting: written at the ask)
+            a.trial.set_user_attr(name, values[name])
 
 
 def read_state(path: Path) -> dict[str, Any]:

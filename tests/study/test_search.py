@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage
@@ -44,10 +46,21 @@ def report(epoch: int, final: bool, **val: float) -> dict:
     return group_metrics(epoch=epoch, final=final, members=[val])
 
 
+def given(searcher: StudySearcher, trial_id: str) -> Any:
+    """``suggest`` called as Tune's loop calls it: again while it says "not now" (None: a group's
+    asks are still being made ahead), up to a minute."""
+    for _ in range(6000):
+        cfg = searcher.suggest(trial_id)
+        if cfg is not None:
+            return cfg
+        time.sleep(0.01)
+    raise AssertionError(f"no trial for {trial_id} after a minute")
+
+
 def specs(searcher: StudySearcher, n: int) -> list[TrialSpec]:
     out = []
     for i in range(n):
-        cfg = searcher.suggest(f"t{i}")
+        cfg = given(searcher, f"t{i}")
         if cfg == Searcher.FINISHED:
             break
         out.append(cfg["spec"])
@@ -189,7 +202,7 @@ def test_two_data_sets_are_interleaved(tmp_path: Path) -> None:
 def test_groups_ask_optuna_per_member_and_tell_each_its_own_values(tmp_path: Path) -> None:
     searcher = make(tmp_path, n_trials=5, seeds=(0, 1), baselines=0, group_size=2)
     assert searcher.total == 3  # ceil(5 / 2) groups
-    groups = [searcher.suggest(f"t{i}")["spec"] for i in range(3)]
+    groups = [given(searcher, f"t{i}")["spec"] for i in range(3)]
     assert searcher.suggest("t9") == Searcher.FINISHED
     assert [len(g.members) for g in groups] == [2, 2, 1] and [g.seed for g in groups] == [0, 1, 0]
     # the Table 6 setting: member 0 of the first group on each seed, never twice in one group
@@ -209,3 +222,37 @@ def test_groups_ask_optuna_per_member_and_tell_each_its_own_values(tmp_path: Pat
     assert by_id["t0-g1"].user_attrs["group_id"] == "t0"
     assert by_id["t1-g0"].state == by_id["t1-g1"].state == TrialState.FAIL
     assert by_id["t2"].state == TrialState.RUNNING
+
+
+def test_groups_are_asked_ahead_in_order(tmp_path: Path) -> None:
+    """G > 1: the next group's asks are made in the background once a group is issued; issuing
+    one writes nothing itself, yet the state and the journal hold every member's row id."""
+    import pickle
+
+    searcher = make(tmp_path, n_trials=7, seeds=(0,), baselines=0, group_size=3)
+    first = given(searcher, "a")["spec"]
+    assert [m.optuna_trial_number for m in first.members] == [0, 1, 2] and first.members[0].is_paper_setting
+    state = searcher.get_state()["searchers"]["cifar10_lt"]["trials"]
+    assert sorted(state) == ["a-g0", "a-g1", "a-g2"]
+    assert {t: v["user_attrs"]["ray_trial_id"] for t, v in state.items()} == {t: t for t in state}
+    pickle.loads(pickle.dumps(searcher))  # (a copy leaves the thread behind)
+    searcher.close()  # the asks made ahead and the row ids written: the journal as the thread left it
+    study = optuna.load_study(study_name="s:cifar10_lt",
+                              storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log"))))
+    trials = study.get_trials()
+    assert [t.user_attrs.get("ray_trial_id") for t in trials] == ["a-g0", "a-g1", "a-g2", None, None, None]
+    assert [t.user_attrs.get("group_id") for t in trials[:3]] == ["a"] * 3
+    assert [t.user_attrs["seed"] for t in trials] == [0] * 6 and all(t.state == TrialState.RUNNING for t in trials)
+    second = given(searcher, "b")["spec"]  # the three asked ahead
+    assert [m.optuna_trial_number for m in second.members] == [3, 4, 5] and not second.members[0].is_paper_setting
+    assert [m.setting.params() for m in second.members] == [
+        Stage2Setting.from_params(t.params).params() for t in trials[3:]]
+    third = given(searcher, "c")["spec"]
+    assert [m.optuna_trial_number for m in third.members] == [6] and searcher.suggest("d") == Searcher.FINISHED
+    searcher.on_trial_complete("b", group_metrics(epoch=10, final=True, members=[
+        {"val_acc": 50.0 + k, "val_ece": 3.0} for k in range(3)]))
+    searcher.close()
+    trials = study.get_trials()
+    assert len(trials) == 7  # nothing asked beyond the study's settings
+    assert [t.user_attrs["ray_trial_id"] for t in trials] == [f"{g}-g{k}" for g in "ab" for k in range(3)] + ["c"]
+    assert [t.values for t in trials[3:6]] == [[50.0, 3.0], [51.0, 3.0], [52.0, 3.0]]
