@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="study name (default <datasets>-<budget>); a rerun with the same name resumes it")
     p.add_argument("--resume", action="store_true", help="continue the study NAME (it must exist)")
     p.add_argument("--address", default=None, help="Ray cluster to join (default: start Ray in this process)")
+    p.add_argument("--wait-for-resources", type=number(0.0), default=0.0, metavar="SECONDS",
+                   help="a joined cluster without the CPUs/GPUs a trial asks for: ask its autoscaler for them and "
+                        "wait up to SECONDS (default 0: refused at once, as the in-process Ray always is)")
     p.add_argument("--budget", choices=PRESETS, default="paper",
                    help="paper (Table 6), reference (the reference code's config files: differs from Table 6 only in "
                         "iNaturalist's Stage 2, docs/method.md) or smoke (a small CPU budget)")
@@ -246,16 +249,11 @@ def _sha256s(paths: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySettings:
-    """The rules between options, the configs and the search spaces; raises UsageError.
-
-    ``check_paths=False`` skips checks of paths that only the cluster sees (``--data-root``),
-    for ``study.submit``.
-    """
-    datasets = tuple(args.dataset)
+def _check_options(args: argparse.Namespace, datasets: tuple[str, ...], methods: tuple[str, ...], *,
+                   check_paths: bool) -> tuple[str, str | None]:
+    """The rules between plain options; returns the scheduler and the (resolved) data root."""
     if len(set(datasets)) != len(datasets):
         raise UsageError(f"--dataset: each data set once, got {', '.join(datasets)}")
-    methods = tuple(args.methods)
     if "mislas" in methods and args.trials < 1 and args.ablation == "none":
         raise UsageError(f"--trials: must be >= 1 when mislas is among --methods, got {args.trials}")
     if args.confirm_best and ("mislas" not in methods or args.trials < 1):
@@ -269,22 +267,40 @@ def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySett
         arrays = ", ".join(n for n, spec in DATASETS.items() if spec.kind == "array")
         raise UsageError(f"--imb-factor: applies only to {arrays}; {', '.join(datasets)} take their imbalance "
                          f"from their split lists")
-    data_root = args.data_root
-    if data_root is not None and check_paths:
-        if not Path(data_root).is_dir():
-            raise UsageError(f"--data-root: not a folder: {data_root}")
-        data_root = str(Path(data_root).resolve())
+    data_root = _data_root(args.data_root, check_paths=check_paths)
     if not args.storage:
         raise UsageError("--storage: must not be empty")
     if args.num_cpus is not None and args.cpus_per_trial > args.num_cpus:
         raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g}: more than --num-cpus {args.num_cpus}, so no "
                          f"trial could start")
     for item in args.overrides:
-        key = item.split("=", 1)[0].strip()
-        if key in STUDY_KEYS:
-            raise UsageError(f"--set {key}: the study sets this field itself ({STUDY_KEYS[key]}); "
-                             f"it cannot be overridden")
+        _check_override(item)
+    return scheduler, data_root
 
+
+def _data_root(data_root: str | None, *, check_paths: bool) -> str | None:
+    if data_root is not None and check_paths:
+        if not Path(data_root).is_dir():
+            raise UsageError(f"--data-root: not a folder: {data_root}")
+        data_root = str(Path(data_root).resolve())
+    return data_root
+
+
+def _check_override(item: str) -> None:
+    key = item.split("=", 1)[0].strip()
+    if key in STUDY_KEYS:
+        raise UsageError(f"--set {key}: the study sets this field itself ({STUDY_KEYS[key]}); it cannot be overridden")
+
+
+def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySettings:
+    """The rules between options, the configs and the search spaces; raises UsageError.
+
+    ``check_paths=False`` skips checks of paths that only the cluster sees (``--data-root``),
+    for ``study.submit``.
+    """
+    datasets = tuple(args.dataset)
+    methods = tuple(args.methods)
+    scheduler, data_root = _check_options(args, datasets, methods, check_paths=check_paths)
     stage1 = _stage1_checkpoints(args.stage1_checkpoint, datasets, check_paths=check_paths)
     stage1_sha256 = _sha256s(stage1) if check_paths else {}
     if stage1 and (False in MIXUP_CHOICES[args.baseline_mixup] or args.ablation != "none"):
@@ -330,7 +346,7 @@ def validate(args: argparse.Namespace, *, check_paths: bool = True) -> StudySett
         overrides=tuple(args.overrides), grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         max_failures=args.max_failures, num_cpus=args.num_cpus, sampler_seed=args.sampler_seed,
         progress=bool(args.progress), trackers=tuple(args.log), confirm_best=bool(args.confirm_best),
-        stage1_sha256=stage1_sha256,
+        stage1_sha256=stage1_sha256, wait_for_resources=args.wait_for_resources,
     )
 
 

@@ -136,16 +136,44 @@ def resource_problem(s: StudySettings, cluster: dict[str, float]) -> str | None:
     return None
 
 
-def check_resources(s: StudySettings, cluster: dict[str, float], *, joined: bool = False) -> None:
-    """Refuse, up front, what the in-process Ray can never place (Tune would wait forever,
-    warning every 60 s). A joined cluster may autoscale: there it is said once, and Tune waits."""
+def check_resources(s: StudySettings, cluster: dict[str, float], *, joined: bool = False,
+                    poll_s: float = 2.0) -> None:
+    """Refuse, up front, what the cluster cannot place (Tune would wait forever, warning every
+    60 s). The in-process Ray never grows: refused at once. A joined cluster may autoscale, which
+    no public Ray API tells: refused at once too, unless ``--wait-for-resources S`` is given;
+    then the trial's bundle is requested from the autoscaler (``ray.autoscaler.sdk.request_resources``,
+    a no-op on a cluster without one), said in one line, and the cluster's resources are polled
+    until they suffice or S seconds have passed (refused then, one line)."""
     problem = resource_problem(s, cluster)
     if problem is None:
         return
-    if joined:
-        say(f"{problem} now; waiting for the cluster to add the nodes (its autoscaler), Ctrl-C to stop")
-        return
-    raise UsageError(f"{problem}; give at most what it has (--num-cpus / the machine's CPUs and GPUs)")
+    if not joined:
+        raise UsageError(f"{problem}; give at most what it has (--num-cpus / the machine's CPUs and GPUs)")
+    if not s.wait_for_resources:
+        raise UsageError(f"{problem} now; give at most what it has, or, if its nodes autoscale, add "
+                         f"--wait-for-resources SECONDS to wait for them")
+    from ray.autoscaler.sdk import request_resources
+
+    bundle = {"CPU": s.cpus_per_trial, **({"GPU": g} if (g := max(s.gpus_per_trial or 0.0,
+                                                                    s.stage1_gpus_per_worker or 0.0)) else {})}
+    say(f"{problem} now; requested {bundle} from its autoscaler, waiting up to {s.wait_for_resources:g} s for "
+        f"the nodes (--wait-for-resources), Ctrl-C to stop")
+    t0 = time.monotonic()
+    request_resources(bundles=[bundle])
+    try:
+        while problem is not None and time.monotonic() - t0 < s.wait_for_resources:
+            time.sleep(max(0.0, min(poll_s, s.wait_for_resources - (time.monotonic() - t0))))
+            problem = resource_problem(s, cluster_resources())
+    finally:
+        request_resources(bundles=[])  # (the request is persistent: Tune's own demand takes over)
+    if problem is not None:
+        raise UsageError(f"{problem} after waiting {s.wait_for_resources:g} s (--wait-for-resources); give at most "
+                         f"what it has, or wait longer")
+    say(f"the cluster has the resources after {time.monotonic() - t0:.0f} s: {_resource_text(cluster_resources())}")
+
+
+def _resource_text(cluster: dict[str, float]) -> str:
+    return ", ".join(f"{cluster.get(k, 0):g} {k}s" for k in ("CPU", "GPU"))
 
 
 def say(line: str) -> None:

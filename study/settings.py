@@ -130,6 +130,7 @@ class StudySettings:
     trackers: tuple[str, ...] = ()  # --log: tensorboard, mlflow, wandb (study.tracking)
     confirm_best: bool = False  # --confirm-best: the best searched setting rerun on every seed
     stage1_sha256: dict[str, str] = field(default_factory=dict)  # data set -> sha256 of its --stage1-checkpoint
+    wait_for_resources: float = 0.0  # --wait-for-resources: seconds a joined cluster may take to add nodes
 
     @property
     def metric(self) -> list[str] | str:

@@ -253,23 +253,28 @@ def _number(value: Any, where: str, key: str) -> float:
     return v
 
 
+def _float_range(value: Mapping[str, Any], where: str, key: str) -> FloatParam:
+    """``{low, high[, log]}``: a searched float range."""
+    for sub in value:
+        if sub not in ("low", "high", "log"):
+            raise UsageError(f"{where}: {key}.{sub}: unknown key; allowed: low, high, log")
+    for sub in ("low", "high"):
+        if sub not in value:
+            raise UsageError(f"{where}: {key}.{sub}: key is required in a range")
+    low = _number(value["low"], where, f"{key}.low")
+    high = _number(value["high"], where, f"{key}.high")
+    log = value.get("log", False)
+    if not isinstance(log, bool):
+        raise UsageError(f"{where}: {key}.log: must be true or false, got {log!r}")
+    if low > high:
+        raise UsageError(f"{where}: {key}: low <= high must hold, but got low={low:g}, high={high:g}")
+    return FloatParam(low, high, log, fixed=False)
+
+
 def _float_param(value: Any, where: str, key: str, *, lo: float | None = None, hi_open: float | None = None,
                  positive: bool = False) -> FloatParam:
     if isinstance(value, Mapping):
-        for sub in value:
-            if sub not in ("low", "high", "log"):
-                raise UsageError(f"{where}: {key}.{sub}: unknown key; allowed: low, high, log")
-        for sub in ("low", "high"):
-            if sub not in value:
-                raise UsageError(f"{where}: {key}.{sub}: key is required in a range")
-        low = _number(value["low"], where, f"{key}.low")
-        high = _number(value["high"], where, f"{key}.high")
-        log = value.get("log", False)
-        if not isinstance(log, bool):
-            raise UsageError(f"{where}: {key}.log: must be true or false, got {log!r}")
-        if low > high:
-            raise UsageError(f"{where}: {key}: low <= high must hold, but got low={low:g}, high={high:g}")
-        param = FloatParam(low, high, log, fixed=False)
+        param = _float_range(value, where, key)
         names = (f"{key}.low", f"{key}.high")
     else:
         v = _number(value, where, key)
