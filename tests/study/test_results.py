@@ -72,7 +72,8 @@ def test_parts_written_once_and_unions_rebuilt(tmp_path: Path, location: str) ->
 
 @pytest.mark.parametrize("location", ["local", "mock"])
 def test_unions_stream_in_row_groups(tmp_path: Path, location: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Written batch by batch (row groups of 5 rows here), a union holds the parts' rows in order:
+    """Written batch by batch (row groups of 5 rows here, the parts scanned a few at a time), a
+    union holds the parts' rows in order:
     the same table as the parts read one by one and concatenated (trials sorted by start)."""
     import pyarrow as pa
 
@@ -82,6 +83,8 @@ def test_unions_stream_in_row_groups(tmp_path: Path, location: str, monkeypatch:
         results.write_part(store, tid, part(tid, float(i)))
     monkeypatch.setattr(results, "ROW_GROUP_ROWS", 5)
     monkeypatch.setattr(results, "SCAN_BATCH_ROWS", 3)
+    monkeypatch.setattr(results, "FILES_PER_SCAN", 4)  # parts scanned 4 at a time
+    monkeypatch.setattr(results, "COMPACT_BATCHES", 2)  # held batches combined every 2
     counts = results.rebuild_unions(store)
     for name in ("epochs", "classes", "reliability"):
         expected = pa.concat_tables([results.read_part(store, t, name) for t in ids])  # sorted row ids
