@@ -56,8 +56,10 @@ def _nearest_cifar_setting(dataset: str, imb_factor: float) -> tuple[float, floa
 
 
 def paper_config(dataset: str, imb_factor: float | None = None) -> RunConfig:
-    """Table 6 for the data set (and β for CIFAR-LT); Fashion-MNIST-LT follows CIFAR-10-LT's row
-    whole (10 classes, ResNet-32, shift BN off), as the closest tabulated setting.
+    """Table 6 for the data set (and β for CIFAR-LT).
+
+    Fashion-MNIST-LT follows CIFAR-10-LT's row whole (10 classes, ResNet-32, shift BN off), as
+    the closest tabulated setting.
 
     Stage 2 is the setting the published numbers came from: the reference code's LAS target,
     its epoch length (``epoch_length="reference"``), no Stage-2 mixup, and Table 6's shift BN
@@ -101,8 +103,11 @@ def smoke_config(dataset: str, imb_factor: float | None = None) -> RunConfig:
 
 
 def reference_config(dataset: str, imb_factor: float | None = None) -> RunConfig:
-    """The reference code's own config for the data set: Table 6 (:func:`paper_config`) except
-    where the config file says otherwise (:data:`REFERENCE_CONFIG_STAGE2`: iNaturalist's Stage 2)."""
+    """The reference code's own config for the data set.
+
+    Table 6 (:func:`paper_config`) except where the config file says otherwise
+    (:data:`REFERENCE_CONFIG_STAGE2`: iNaturalist's Stage 2).
+    """
     cfg = paper_config(dataset, imb_factor)
     changes = REFERENCE_CONFIG_STAGE2.get(dataset)
     return replace(cfg, stage2=replace(cfg.stage2, **changes)) if changes else cfg  # type: ignore[arg-type]

@@ -275,8 +275,11 @@ def effective_shift_bn(cfg: RunConfig | Stage2Config) -> bool:
 
 
 def effective_stage2_schedule(cfg: RunConfig | Stage2Config) -> str:
-    """The Stage-2 cosine variant a run uses: ``stage2.lr_schedule`` when set, else the method's
-    default (:data:`DEFAULT_STAGE2_SCHEDULE`: Kang et al.'s for cRT/LWS, MiSLAS's for MiSLAS)."""
+    """The Stage-2 cosine variant a run uses.
+
+    ``stage2.lr_schedule`` when set, else the method's default (:data:`DEFAULT_STAGE2_SCHEDULE`:
+    Kang et al.'s for cRT/LWS, MiSLAS's for MiSLAS).
+    """
     s2 = cfg.stage2 if isinstance(cfg, RunConfig) else cfg
     if s2.lr_schedule is not None:
         return s2.lr_schedule

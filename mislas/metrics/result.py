@@ -34,9 +34,11 @@ def classifier_weight_norms(weight: ArrayLike) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class SampleOutcomes:
-    """Per evaluated sample: its label, whether top-1 was right, the top-label confidence and the
-    NLL of its label (nats). Kept so that two runs can be compared image by image (a paired
-    bootstrap over the test set), which the aggregate metrics cannot do."""
+    """Per evaluated sample: its label, top-1 right or not, the top-label confidence, its NLL (nats).
+
+    Kept so that two runs can be compared image by image (a paired bootstrap over the test set),
+    which the aggregate metrics cannot do.
+    """
 
     label: np.ndarray  # int64
     correct: np.ndarray  # bool

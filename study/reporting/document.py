@@ -9,7 +9,7 @@ from datetime import datetime
 import pandas as pd
 
 from study.reporting import plots
-from study.reporting.common import CALIBRATION_METRICS, TEST_METRICS, describe_setting, fmt_mean_std, fmt_num, tick
+from study.reporting.common import TEST_METRICS, Metric, describe_setting, fmt_mean_std, fmt_num, tick
 from study.reporting.comparison import ComparisonTable
 from study.reporting.components import ComponentTable
 from study.reporting.compute import GroupTables, ReportTables
@@ -17,13 +17,12 @@ from study.reporting.display import (
     Block,
     DisplayTable,
     Document,
-    FigureArt,
-    FigureBlock,
     Heading,
     Para,
     TableBlock,
     table_from_frame,
 )
+from study.reporting.document_analyses import TEST, ablation_section, calibration_section, figure_block
 from study.reporting.paired import PAIRED_METRICS, PairedTable
 from study.reporting.published import SOURCES
 from study.reporting.recorded import RecordedEval
@@ -33,10 +32,6 @@ OURS = "ours (test)"
 PUBLISHED = "published"
 
 
-def _fig(name: str, png: bytes, caption: str) -> FigureBlock:
-    return FigureBlock(FigureArt(name, png, caption))
-
-
 # --- method comparison -------------------------------------------------------------------------
 
 def _is_paper(table: ComparisonTable) -> bool:
@@ -44,37 +39,26 @@ def _is_paper(table: ComparisonTable) -> bool:
     return bool(ids.get("MiSLAS (best tuned)")) and ids.get("MiSLAS (best tuned)") == ids.get("MiSLAS (paper setting)")
 
 
-def comparison_display(table: ComparisonTable, recorded: RecordedEval | None = None) -> DisplayTable:
-    """The comparison with ours and (where the paper has them) published figures side by side.
-
-    ``recorded``: the group's recorded eval settings (bins, split rule) the caption states.
-    """
-    recorded = recorded or RecordedEval()
-    stats = table.stats
-    has_published = bool(stats["published_source"].astype(bool).any())
-    columns = [("", "Method"), ("", "seeds")] + [(OURS, m.label) for m in TEST_METRICS]
+def _comparison_row(table: ComparisonTable, label: str, row: pd.Series, pub_metrics: list[Metric],
+                    has_published: bool) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+    """One method's cells (ours, T, published) and which of them are bold."""
+    n = int(row["n_seeds"])
+    cells = [str(label), str(n) if n else "—"]
+    marks = [False, False]
+    for m in TEST_METRICS:
+        cells.append(fmt_mean_std(row[f"{m.label}_mean"], row[f"{m.label}_std"], n, m.decimals))
+        marks.append(label in table.best.get(m.label, ()))
     if table.has_ts:
-        columns.append((OURS, "T"))
-    pub_metrics = [m for m in TEST_METRICS if m.label != "NLL"]
+        cells.append(fmt_mean_std(row["T_mean"], row["T_std"], n, 2))
+        marks.append(False)
     if has_published:
-        columns += [(PUBLISHED, m.label) for m in pub_metrics] + [(PUBLISHED, "source")]
-    rows, bold = [], []
-    for label, row in stats.iterrows():
-        n = int(row["n_seeds"])
-        cells = [str(label), str(n) if n else "—"]
-        marks = [False, False]
-        for m in TEST_METRICS:
-            cells.append(fmt_mean_std(row[f"{m.label}_mean"], row[f"{m.label}_std"], n, m.decimals))
-            marks.append(label in table.best.get(m.label, ()))
-        if table.has_ts:
-            cells.append(fmt_mean_std(row["T_mean"], row["T_std"], n, 2))
-            marks.append(False)
-        if has_published:
-            cells += [fmt_num(row[f"published_{m.label}"], 1 if m.label != "ECE" else 2) for m in pub_metrics]
-            cells.append(row["published_source"] or "—")
-            marks += [False] * (len(pub_metrics) + 1)
-        rows.append(tuple(cells))
-        bold.append(tuple(marks))
+        cells += [fmt_num(row[f"published_{m.label}"], 1 if m.label != "ECE" else 2) for m in pub_metrics]
+        cells.append(row["published_source"] or "—")
+        marks += [False] * (len(pub_metrics) + 1)
+    return tuple(cells), tuple(marks)
+
+
+def _comparison_caption(table: ComparisonTable, recorded: RecordedEval) -> str:
     caption = (f"Method comparison, {table.group.label}: test top-1 (%) on Many / Medium / Few classes "
                f"({recorded.splits_text()}) and All, ECE (%, {recorded.bins_text()}), NLL (nats); mean ± std over "
                "seeds (complete trials). Bold: best of ours per column (highest accuracy, lowest ECE/NLL). "
@@ -84,6 +68,10 @@ def comparison_display(table: ComparisonTable, recorded: RecordedEval | None = N
                     "trial, fitted on the validation NLL): accuracy is unchanged, ECE and NLL are those of "
                     "softmax(z / T), T is the fitted temperature (mean ± std over seeds). Bold accuracy compares "
                     "the uncalibrated rows, bold ECE/NLL every row.")
+    return caption
+
+
+def _comparison_notes(table: ComparisonTable, has_published: bool) -> str:
     notes = []
     if any(spec.bn_eval for spec in table.specs.values()):
         notes.append("(BN eval): cRT / LWS with the frozen backbone's BatchNorm in eval mode (shift_bn false); the "
@@ -96,11 +84,33 @@ def comparison_display(table: ComparisonTable, recorded: RecordedEval | None = N
                      f"{b.n_settings} settings: val acc {b.val_acc:.2f}%, val ECE {b.val_ece:.2f}% "
                      f"(mean over {b.n_seeds} seed{'s' if b.n_seeds != 1 else ''}).")
     if has_published:
-        used = sorted({s for src in stats["published_source"] if src for s in src.split("+")})
+        used = sorted({s for src in table.stats["published_source"] if src for s in src.split("+")})
         notes.append("Published columns are figures reported by the paper, not computed from this study: "
                      + "; ".join(f"{k} = {SOURCES[k]}" for k in used) + ".")
-    return DisplayTable(f"comparison-{table.group.slug}", caption, tuple(columns), tuple(rows), tuple(bold),
-                        " ".join(notes), to_tex=True)
+    return " ".join(notes)
+
+
+def comparison_display(table: ComparisonTable, recorded: RecordedEval | None = None) -> DisplayTable:
+    """The comparison with ours and (where the paper has them) published figures side by side.
+
+    ``recorded``: the group's recorded eval settings (bins, split rule) the caption states.
+    """
+    stats = table.stats
+    has_published = bool(stats["published_source"].astype(bool).any())
+    columns = [("", "Method"), ("", "seeds")] + [(OURS, m.label) for m in TEST_METRICS]
+    if table.has_ts:
+        columns.append((OURS, "T"))
+    pub_metrics = [m for m in TEST_METRICS if m.label != "NLL"]
+    if has_published:
+        columns += [(PUBLISHED, m.label) for m in pub_metrics] + [(PUBLISHED, "source")]
+    rows, bold = [], []
+    for label, row in stats.iterrows():
+        cells, marks = _comparison_row(table, str(label), row, pub_metrics, has_published)
+        rows.append(cells)
+        bold.append(marks)
+    return DisplayTable(f"comparison-{table.group.slug}", _comparison_caption(table, recorded or RecordedEval()),
+                        tuple(columns), tuple(rows), tuple(bold), _comparison_notes(table, has_published),
+                        to_tex=True)
 
 
 def comparison_section(groups: tuple[GroupTables, ...]) -> list[Block]:
@@ -117,7 +127,6 @@ def comparison_section(groups: tuple[GroupTables, ...]) -> list[Block]:
 # --- component ablation ------------------------------------------------------------------------
 
 LAS_CELLS = {"las": "✓", "ce": "✗", "uniform_ls": "uniform"}
-TEST = "test"
 
 
 def components_display(table: ComponentTable, recorded: RecordedEval | None = None) -> DisplayTable:
@@ -206,155 +215,6 @@ def component_section(groups: tuple[GroupTables, ...]) -> list[Block]:
     return blocks
 
 
-# --- ablations ---------------------------------------------------------------------------------
-
-def _forms_display(g: GroupTables) -> DisplayTable:
-    assert g.forms is not None
-    s = g.forms.stats
-    frame = pd.DataFrame({
-        "form": s.index, "trials": s["n"].astype(int),
-        "val acc mean ± std": [fmt_mean_std(m, sd, int(n), 2)
-                               for m, sd, n in zip(s["val_acc_mean"], s["val_acc_std"], s["n"])],
-        "val acc best": [fmt_num(v, 2) for v in s["val_acc_max"]],
-        "val ECE mean": [fmt_num(v, 2) for v in s["val_ece_mean"]],
-    })
-    return table_from_frame(f"forms-{g.group.slug}", f"Accuracy per related-function form, {g.group.label} "
-                            "(complete MiSLAS trials, validation split; std over trials).", frame,
-                            index=False, to_tex=True)
-
-
-def _importance_display(g: GroupTables) -> DisplayTable:
-    imp = g.importances
-    assert imp.table is not None
-    frame = imp.table.map(lambda v: f"{v:.3f}").rename(columns={"val_acc": "val accuracy", "val_ece": "val ECE"})
-    return table_from_frame(f"importance-{g.group.slug}", f"Parameter importances per objective, {g.group.label}: "
-                            f"{imp.evaluator}, normalised to sum 1 per objective; {imp.note}.", frame, to_tex=True)
-
-
-def _pareto_display(g: GroupTables) -> DisplayTable:
-    assert g.pareto is not None
-    pts = g.pareto.points
-    front = pts[pts["on_front"]].sort_values("val_acc", ascending=False)
-    frame = pd.DataFrame({
-        "trial": front["trial_id"], "setting": [describe_setting(r) for _, r in front.iterrows()],
-        "paper": ["yes" if v else "" for v in front["is_paper_setting"]],
-        "val acc": [fmt_num(v, 2) for v in front["val_acc"]], "val ECE": [fmt_num(v, 2) for v in front["val_ece"]],
-        "test acc": [fmt_num(v, 2) for v in front["test_acc"]], "test ECE": [fmt_num(v, 2) for v in front["test_ece"]],
-    })
-    caption = (f"Pareto front of val accuracy vs val ECE, {g.group.label}: {len(front)} of {len(pts)} complete "
-               f"trials are non-dominated; {g.pareto.n_excluded} stopped-early trials left out (partial budget).")
-    return table_from_frame(f"pareto-{g.group.slug}", caption, frame, index=False)
-
-
-def _ablation_blocks(g: GroupTables) -> list[Block]:
-    slug, label = g.group.slug, g.group.label
-    blocks: list[Block] = [Heading(3, label, f"ablations-{slug}")]
-    if g.n_mislas_complete == 0:
-        return blocks + [Para("No complete MiSLAS trials: no ablation for this group.", note=True)]
-    if g.heatmaps:
-        binned = " (ε values binned: many distinct values were tried)" if g.heatmaps[0].binned else ""
-        blocks.append(_fig(f"{slug}-eps-heatmaps", plots.heatmap_png(g.heatmaps),
-                           f"ε_1 × ε_K: mean val accuracy and val ECE over the complete MiSLAS trials in each "
-                           f"cell (n per cell){binned}; grey: not tried."))
-    if g.forms is not None:
-        blocks.append(_fig(f"{slug}-related-functions", plots.forms_png(g.forms),
-                           "Related functions f(N) of the tried forms over this data set's class counts (grey ticks), "
-                           f"with ε_1, ε_K of {g.forms.eps_source}; right: val accuracy per form (seed Fig. 8)."))
-        blocks.append(TableBlock(_forms_display(g)))
-    else:
-        blocks.append(Para("Related-function plot left out: no class counts (classes.parquet) or no form.", note=True))
-    if g.effects:
-        names = " and ".join("ΔW ratio" if e.param == "dw_ratio" else "p (exp form only)" for e in g.effects)
-        blocks.append(_fig(f"{slug}-effects", plots.effects_png(g.effects),
-                           f"Effect of {names}: each complete trial, and means over quantile bins of the parameter."))
-    if g.importances.table is not None:
-        blocks.append(_fig(f"{slug}-importances", plots.importances_png(g.importances),
-                           "Optuna parameter importances per objective (complete trials only)."))
-        blocks.append(TableBlock(_importance_display(g)))
-    else:
-        blocks.append(Para(f"Parameter importances not computed: {g.importances.note}.", note=True))
-    if g.pareto is not None:
-        blocks.append(_fig(f"{slug}-pareto", plots.pareto_png(g.pareto),
-                           "Val accuracy vs val ECE of complete (full-budget) trials; red: Pareto front; "
-                           "star: the paper's setting."))
-        blocks.append(TableBlock(_pareto_display(g)))
-    if not g.history.empty:
-        blocks.append(_fig(f"{slug}-history", plots.history_png(g.history),
-                           "Study history: objectives in finishing order (× = stopped early, partial values), "
-                           "best so far over complete trials."))
-    return blocks
-
-
-def ablation_section(groups: tuple[GroupTables, ...]) -> list[Block]:
-    blocks: list[Block] = [Heading(2, "3. Hyperparameter ablations (validation split)", "ablations")]
-    for g in groups:
-        blocks += _ablation_blocks(g)
-    return blocks
-
-
-# --- calibration -------------------------------------------------------------------------------
-
-def calibration_display(g: GroupTables) -> DisplayTable:
-    """The calibration metrics of every comparison row (mean over seeds), lowest per column bold."""
-    cal = g.calibration
-    columns = [("", "Method"), ("", "seeds")] + [(TEST, m.label) for m in CALIBRATION_METRICS]
-    rows, bold = [], []
-    for label, row in cal.stats.iterrows():
-        n = int(row["n_seeds"])
-        rows.append((str(label), str(n) if n else "—",
-                     *(fmt_num(row[f"{m.label}_mean"], m.decimals) for m in CALIBRATION_METRICS)))
-        bold.append((False, False, *(label in cal.best.get(m.label, ()) for m in CALIBRATION_METRICS)))
-    caption = (f"Calibration metrics, {g.group.label}, test split, mean over seeds (the method comparison's rows "
-               f"and trials): ECE ({g.recorded.bins_text('equal-width ')}), classwise ECE (mean over classes), "
-               "adaptive (equal-mass) "
-               "ECE, all in %; Brier score (Σ_k (p_k − 1[y=k])², mean over samples, in [0, 2]); ECE over the "
-               "samples whose true class is Many / Medium / Few. +TS rows: after temperature scaling (the ECE per "
-               "class split is not recorded after scaling: —). Bold: lowest per column.")
-    return DisplayTable(f"calibration-metrics-{g.group.slug}", caption, tuple(columns), tuple(rows), tuple(bold),
-                        to_tex=True)
-
-
-CONFIDENCE_CAPTION = (
-    "Top-label confidence (max softmax probability), test split, over the samples whose true class is a Many / "
-    "Medium / Few class (in place of the paper's violin plot of the predicted probability): box = 25th–75th "
-    "percentile, line = median, white dot = mean, whiskers = the 5th and 95th percentiles (not 1.5 IQR; no "
-    "outliers drawn); red × = the row's top-1 accuracy on that split (a box above it: over-confident). Rows: the "
-    "baselines present and MiSLAS at the paper setting; each statistic is the count-weighted mean over the row's "
-    "trials (n; exact for the mean, an average of the seeds' quantiles for the rest).")
-
-
-def calibration_section(groups: tuple[GroupTables, ...]) -> list[Block]:
-    blocks: list[Block] = [Heading(2, "4. Calibration (test split)", "calibration")]
-    for g in groups:
-        slug = g.group.slug
-        blocks.append(Heading(3, g.group.label, f"calibration-{slug}"))
-        if not g.calibration.empty:
-            blocks.append(TableBlock(calibration_display(g)))
-        else:
-            blocks.append(Para("No classwise / adaptive ECE, Brier score or per-split ECE in trials.parquet for this "
-                               "group (a study older than these columns).", note=True))
-        if g.reliability:
-            blocks.append(_fig(f"{slug}-reliability", plots.reliability_png(g.reliability),
-                               f"Reliability diagrams, {g.recorded.bins_text()}, test split (seed Figs. 9–12): "
-                               "accuracy per confidence "
-                               "bin, red = gap to perfect calibration; bins pooled over the row's seeds (n trials), "
-                               "ECE from the pooled bins."))
-        else:
-            blocks.append(Para("No reliability bins (reliability.parquet) for this group's rows.", note=True))
-        if g.confidence:
-            blocks.append(_fig(f"{slug}-confidence", plots.confidence_png(g.confidence), CONFIDENCE_CAPTION))
-        else:
-            blocks.append(Para("No confidence distribution (confidence.parquet) for this group's baselines or the "
-                               "MiSLAS paper setting.", note=True))
-        if g.norms:
-            blocks.append(_fig(f"{slug}-weight-norms", plots.norms_png(g.norms),
-                               "Classifier weight norms ‖w_j‖ against class rank by training count (seed Figs. "
-                               "13–14): light = per class (mean over seeds), dark = moving average."))
-        else:
-            blocks.append(Para("No classifier weight norms (classes.parquet) for cRT, LWS or MiSLAS.", note=True))
-    return blocks
-
-
 # --- study status and provenance ---------------------------------------------------------------
 
 def _cell_text(value: object) -> str:
@@ -404,7 +264,7 @@ def status_section(t: ReportTables) -> list[Block]:
 def provenance_section(t: ReportTables) -> list[Block]:
     blocks: list[Block] = [Heading(2, "5. Provenance", "provenance")]
     if not t.timeline.empty:
-        blocks.append(_fig("study-timeline", plots.timeline_png(t.timeline),
+        blocks.append(figure_block("study-timeline", plots.timeline_png(t.timeline),
                            "Study timeline: each trial from start to finish, coloured by status."))
     blocks.append(TableBlock(table_from_frame("provenance", "Code, package versions and machines recorded by the "
                                               "trials (number of trials with each value).", t.provenance, index=False)))
