@@ -10,8 +10,10 @@ import numpy as np
 
 
 def pareto_mask(acc: np.ndarray, ece: np.ndarray) -> np.ndarray:
-    """Non-dominated points for (max acc, min ECE): no other point is at least as good in both
-    and better in one. O(n²), fine for the few thousand trials of a study.
+    """Non-dominated points for (max acc, min ECE).
+
+    No other point is at least as good in both and better in one. O(n²), fine for the few
+    thousand trials of a study.
 
     >>> pareto_mask(np.array([90.0, 80.0, 85.0]), np.array([5.0, 2.0, 6.0])).tolist()
     [True, True, False]

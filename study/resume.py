@@ -63,8 +63,10 @@ def is_no_space(error: BaseException | str) -> bool:
 
 
 def note_storage_fault(where: str) -> None:
-    """Remember a full disk at ``where`` and end the run as Ctrl-C would (once): Tune saves its
-    state and returns with the trials unfinished, so a rerun continues them."""
+    """Remember a full disk at ``where`` and end the run as Ctrl-C would (once).
+
+    Tune then saves its state and returns with the trials unfinished, so a rerun continues them.
+    """
     first = not _FAULTS
     _FAULTS.append(where)
     if first:
@@ -82,6 +84,7 @@ def storage_fault() -> str | None:
 
 
 def no_space_line(where: str, rows: int) -> str:
+    """The driver's one line for a full disk at ``where`` with ``rows`` rows written."""
     written = f"the {rows} rows written are" if rows != 1 else "the row written is"
     return f"{where}: no space left on device; {written} kept: free space there and rerun the same command to continue"
 
@@ -101,9 +104,11 @@ def _newest(names: Iterable[str]) -> dict[str, str]:
 
 
 def _reads_back(data: bytes) -> bool:
-    """Whether a state file is whole: JSON that parses, or (``search_gen_state-*`` is Ray's
-    pickle despite its name) a pickle stream whose opcodes run to its STOP, walked by
-    ``pickletools`` without building anything (nothing is unpickled)."""
+    """Whether a state file is whole: JSON that parses, or a pickle stream that ends.
+
+    ``search_gen_state-*`` is Ray's pickle despite its name: its opcodes are walked to their STOP
+    by ``pickletools`` without building anything (nothing is unpickled).
+    """
     if data[:1] == b"\x80":
         try:
             return any(op.name == "STOP" for op, _, _ in pickletools.genops(data))
@@ -125,10 +130,12 @@ def _times(results: Store, names: Iterable[str]) -> list[float] | None:
 
 
 def keep_whole_state(results: Store) -> bool:
-    """Copy Tune's newest state into ``tune/.whole.json`` if every file of it reads back whole
-    and (where the storage keeps times) they are of one upload, not changed while read (Tune
-    uploads them in the background). Returns whether it did. One atomic write: the copy is
-    the old one or the new one."""
+    """Copy Tune's newest state into ``tune/.whole.json`` if it reads back whole; return whether it did.
+
+    Every file must read back and (where the storage keeps times) be of one upload, not changed
+    while read (Tune uploads them in the background). One atomic write: the copy is the old one
+    or the new one.
+    """
     newest = _newest(_state_names(results))
     if len(newest) != len(STATE_PREFIXES):
         return False
@@ -155,8 +162,11 @@ def _whole_copy(results: Store) -> dict[str, bytes] | None:
 
 
 def recover_tune_state(results: Store, say: Callable[[str], None]) -> bool:
-    """Whether Tune's state can be restored, after putting back the whole copy where it does
-    not read back (its files set aside as ``<file>.damaged-<stamp>``)."""
+    """Whether Tune's state can be restored, the whole copy put back where it does not read back.
+
+    The files that do not are set aside as ``<file>.damaged-<stamp>``, with every state file
+    beside them (Tune reads the newest of each kind).
+    """
     names = _state_names(results)
     newest = _newest(names)
     if not newest:
@@ -182,9 +192,11 @@ def recover_tune_state(results: Store, say: Callable[[str], None]) -> bool:
 # --- the parts ----------------------------------------------------------------------------------
 
 def schema_problem(file_schema: Any, name: str) -> str | None:
-    """Why a part file of table ``name`` is not ours (None: it is): every column must be one
-    of the table's (study.schema) with its type, ``trial_id`` among them; columns added to
-    the table since the file was written may be missing."""
+    """Why a part file of table ``name`` is not ours (None: it is).
+
+    Every column must be one of the table's (study.schema) with its type, ``trial_id`` among
+    them; columns added to the table since the file was written may be missing.
+    """
     ours = schema.SCHEMAS[name]
     if "trial_id" not in file_schema.names:
         return f"it has no trial_id column, so it is not a {name} table"
@@ -198,8 +210,10 @@ def schema_problem(file_schema: Any, name: str) -> str | None:
 
 
 def set_aside_foreign_parts(results: Store, say: Callable[[str], None]) -> list[str]:
-    """Set aside every complete part with a file that reads back but in another schema (it
-    would pass into the unions as nulls); returns their row ids. Their rows are written again."""
+    """Set aside every complete part with a file that reads back in another schema; return their ids.
+
+    Such a file would pass into the unions as nulls. Their rows are written again.
+    """
     files = results_mod.part_files(results)
     foreign = []
     for t in results_mod.complete_parts(results, files):
@@ -274,7 +288,9 @@ def errored_without_rows(tune_path: str, rows: Mapping[str, Any]) -> bool:
 
 def plan(s: Any, results: Store, local_cache: Path, say: Callable[[str], None]) -> ResumePlan:
     """The plan of this run (``s``: study.settings.StudySettings); sets aside what is damaged.
-    Raises :class:`UsageError` (one line) where the study cannot go on."""
+
+    Raises :class:`UsageError` (one line) where the study cannot go on.
+    """
     from ray import tune
 
     tune_path = results.uri(TUNE)
