@@ -21,13 +21,15 @@ def group_metrics(*, epoch: int, final: bool, members: list[dict[str, Any]]) -> 
     out: dict[str, Any] = {"epoch": epoch, "final": int(final), "group_size": len(members)}
     for k, m in enumerate(members):
         out.update({f"g{k}_{name}": v for name, v in m.items()})
-    kept = [m for m in members if not m.get("diverged")]  # a diverged member's metrics are no result
+    kept = [m for m in members if not (m.get("diverged") or m.get("failed"))]  # their metrics are no result
     accs = _finite([m.get("val_acc") for m in kept])
     eces = _finite([m.get("val_ece") for m in kept])
     out["val_acc"] = max(accs) if accs else float("nan")
     out["val_ece"] = min(eces) if eces else float("nan")
     if any(m.get("diverged") for m in members):
         out["diverged"] = 1
+    if any(m.get("failed") for m in members):  # (only a told trial replays a failed row)
+        out["failed"] = 1
     return out
 
 

@@ -252,7 +252,8 @@ class ResumePlan:
         for tid, row in self.rows.items():
             out[tid] = {**{f"val_{m}": row.get(f"val_{m}") for m in schema.METRICS},
                         **{f"test_{m}": row.get(f"test_{m}") for m in schema.METRICS},
-                        "diverged": int(row.get("status") in (schema.FAILED, schema.DIVERGED)),
+                        "diverged": int(row.get("status") == schema.DIVERGED),
+                        "failed": int(row.get("status") == schema.FAILED),
                         "epochs_run": int(row.get("epochs_run") or 0),
                         "complete": row.get("status") == schema.COMPLETE}
         return out

@@ -196,7 +196,7 @@ def _nan(v: Any) -> bool:
 def _status(result: Mapping[str, Any] | None, error: bool) -> str:
     """A finished member's status: failed (an error), diverged (as its row), not_run (removed while
     pending), complete (``final = 1``: it ran all its epochs) or stopped_early (the scheduler stopped it)."""
-    if error:
+    if error or (result is not None and int(result.get("failed", 0) or 0) == 1):  # (a replayed failed row)
         return "failed"
     if result is not None and int(result.get("diverged", 0) or 0) == 1:
         return "diverged"

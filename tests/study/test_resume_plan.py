@@ -129,3 +129,19 @@ def test_results_without_a_resumable_tune_state_are_refused(tmp_path: Path) -> N
     assert results.write_part(store, "x", part("x", 1.0))
     with pytest.raises(UsageError, match=r"^--name n: .* holds trial results but no resumable Tune state"):
         resume.plan(s, store, tmp_path / "cache", print)
+
+
+def test_a_told_failed_row_replays_as_failed_not_diverged() -> None:
+    from study.groups import member_result
+    from study.search import _status
+
+    rows = {"f": {"trial_id": "f", "status": "failed", "epochs_run": 1, "val_acc": None, "val_ece": None},
+            "d": {"trial_id": "d", "status": "diverged", "epochs_run": 2, "val_acc": None, "val_ece": None}}
+    written = ResumePlan(tune_path="t", restore=True, rows=rows).reports()
+    assert (written["f"]["failed"], written["f"]["diverged"]) == (1, 0)
+    assert (written["d"]["failed"], written["d"]["diverged"]) == (0, 1)
+    failed, diverged = stored_report(written, ["f"]), stored_report(written, ["d"])
+    assert failed["failed"] == 1 and "diverged" not in failed and diverged["diverged"] == 1 and "failed" not in diverged
+    # Optuna's user attr (study.search) says what the row says
+    assert _status(member_result(failed, 0), error=False) == "failed"
+    assert _status(member_result(diverged, 0), error=False) == "diverged"
