@@ -9,14 +9,11 @@ wrote, CIFAR pickles in the official layout, the reference's layout with NumPy s
 
 from __future__ import annotations
 
-import os
 import pickle
-import shlex
 import shutil
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -36,30 +33,13 @@ from mislas.safe_load import (
     pickled_globals,
 )
 from mislas.train import main as train_main
-from tests.mislas.test_reference import ref_resnet32_logits, ref_resnet32_state, save_reference
+from tests.mislas.hostile import SYSTEM, Hostile, plant
+from tests.mislas.reference_files import ref_resnet32_logits, ref_resnet32_state, save_reference
 
-SYSTEM = f"{os.system.__module__}.system"  # posix.system here: the global a hostile pickle names
 FM_ARGS = ["--dataset", "fashion_mnist_lt", "--imb-factor", "10", "--set", "data.n_max=40",
            "--set", "data.val_per_class=4"]
 TRAIN_ARGS = ["--preset", "smoke", "--set", "stage1.epochs=1", "--set", "stage2.epochs=1",
               "--set", "stage2.batch_size=32", "--device", "cpu", "--quiet"]
-
-
-class Hostile:
-    """Unpickled, this runs ``touch marker``: what a planted checkpoint could do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
-
-
-def plant(path: Path, marker: Path, kind: str = "stage1") -> Path:
-    """A torch file shaped like ours (format_version, kind) whose model is the hostile object."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format_version": 1, "kind": kind, "model": Hostile(marker), "epoch": 1}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

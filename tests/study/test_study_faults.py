@@ -31,7 +31,7 @@ from study.driver import check_study_json
 from study.settings import canonical_overrides
 from study.stage1_cache import CHECKPOINT, DONE, Stage1Cache, file_sha256, stage1_key
 from study.storage import Store
-from tests.mislas.test_safe_load import SYSTEM, plant
+from tests.mislas.hostile import SYSTEM, plant
 from tests.study.helpers import FMNIST, SMOKE, check_optuna, complete_parts, finish, kill_session, start, wait_for
 
 BASE = ["--dataset", "fashion_mnist_lt", "--budget", "smoke"]
