@@ -97,6 +97,13 @@ offset. One common factor 1 + δ on all of them moves T by exactly 1 + δ; indep
 roundings partly cancel. float16 (2⁻¹¹) does better still."""
 
 
+def metrics_device(device: torch.device) -> torch.device:
+    """Where the metrics of a model on ``device`` accumulate: there, except on MPS (no float64),
+    where they go to the CPU one batch at a time."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def chunk_cells(device: torch.device) -> int:
     """The default :data:`CHUNK_CELLS_CPU` / :data:`CHUNK_CELLS_GPU` for ``device``."""
     return CHUNK_CELLS_CPU if device.type == "cpu" else CHUNK_CELLS_GPU
@@ -148,7 +155,7 @@ class StreamingMetrics:
         self.evals = list(evals)
         self.k = int(num_classes)
         self.counts = counts
-        self.device = torch.device(device)
+        self.device = metrics_device(device)
         self.cells = cells if cells is not None else chunk_cells(self.device)
         g = len(self.evals)
         self.n_bins = [_check_n_bins(e.n_bins) for e in self.evals]
@@ -179,7 +186,7 @@ class StreamingMetrics:
         if not logits.dtype.is_floating_point:
             raise ValueError(f"logits must be floating point, got dtype {logits.dtype}")
         b = int(logits.shape[1])
-        labels = labels.to(self.device)
+        logits, labels = logits.to(self.device), labels.to(self.device)
         _check_labels(labels, b, self.k)
         labels = labels.long()
         work = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
@@ -297,14 +304,15 @@ def _forward(backbone: Network, heads: Sequence[nn.Module], batches: Batches, de
     for x, y in batches:
         with torch.no_grad(), _autocast(device):
             feats = backbone.features(_to_device(x, device, channels_last))
-        yield feats, _head_logits(heads, feats, device), y.to(device, non_blocking=True)
+        yield feats, _head_logits(heads, feats, device), y.to(metrics_device(device), non_blocking=True)
 
 
 def _head_logits(heads: Sequence[nn.Module], feats: torch.Tensor, device: torch.device) -> torch.Tensor:
     """[G, B, K] float32 logits of ``heads`` on one batch of features, as :func:`mislas.stages.predict_heads`
-    computes them (same calls, same autocast), so a recomputation gives the same values."""
+    computes them (same calls, same autocast), so a recomputation gives the same values; on
+    :func:`metrics_device`."""
     with torch.no_grad(), _autocast(device):
-        return torch.stack([h(feats).float() for h in heads])
+        return torch.stack([h(feats).float() for h in heads]).to(metrics_device(device))
 
 
 def _autocast(device: torch.device) -> torch.autocast:
