@@ -313,7 +313,8 @@ def bench_eval(n: int = INAT_VAL // 8, k: int = INAT_CLASSES, d: int = 2048, *, 
     (:func:`peak_window`, with :func:`_fix_mmap_threshold`; features, heads and labels exist
     before), ÷ G, measured at ``n`` and ``n // 3`` rows and extrapolated linearly to
     iNaturalist's 24,426 (the host path's bytes grow as N: N×K float32 logits; the streaming
-    path's hardly: per-sample vectors, 25 bytes per row and result). Time: CPU seconds of the
+    path's hardly: per-sample vectors, 25 bytes per row and result; a growth below 0, noise
+    on a flat figure, counts as 0). Time: CPU seconds of the
     calls at ``n`` (:class:`_Clock`), with ``logits_cpu_s``, one pass of the heads over the
     val rows without metrics, which both paths pay (twice in the final evaluation).
     """
@@ -329,7 +330,8 @@ def bench_eval(n: int = INAT_VAL // 8, k: int = INAT_CLASSES, d: int = 2048, *, 
 
     def at_inat(name: str) -> float:
         small, large = (measured[r][name]["bytes_per_member"] for r in sizes)
-        return large + (large - small) / (sizes[1] - sizes[0]) * (INAT_VAL - sizes[1])
+        growth = max(large - small, 0.0) / (sizes[1] - sizes[0])  # a flat figure's noise must not shrink it
+        return large + growth * (INAT_VAL - sizes[1])
 
     big = measured[n]
     out: dict[str, Any] = {

@@ -84,8 +84,8 @@ CHUNK_CELLS_GPU = 1 << 25
 
 HOLD_BYTES = 16 << 30
 """Default budget for the val logits the final evaluation holds for the temperature fit (16 GiB:
-iNaturalist's 24,426 × 8,142 float32 logits are 0.80 GB per member, so 20 members are held
-whole; a larger group recomputes chunks of 20 from the held features)."""
+iNaturalist's 24,426 × 8,142 float32 logits are 0.80 GB per member, so up to 21 members are
+held whole; a larger group recomputes chunks of 21 from the held features)."""
 
 BF16_TEMPERATURE_RTOL = 2.0**-9
 """Stated bound on |T_bf16 / T − 1| when the val logits are held as bfloat16 (``hold_dtype``),
