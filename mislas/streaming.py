@@ -33,10 +33,11 @@ float64 per-sample NLL where the host path averages float32 cross-entropies (rel
 
 Temperature scaling (:func:`stream_final_evaluation`): the val pass also keeps each batch's
 [G, B, K] logits on the device (the tensors the heads produced: no copy, no concatenation;
-optionally as bfloat16, see :data:`BF16_TEMPERATURE_RTOL`), T is fitted per member by
-:mod:`mislas.calibration`'s Newton with each pass over the held logits on the device, val_ts
-is streamed from them, and the test pass streams the plain and the /T metrics from one
-backbone pass (test logits are never held).
+optionally as bfloat16, see :data:`BF16_TEMPERATURE_RTOL`) up to :data:`HOLD_BYTES`, past
+which it keeps the val features and recomputes a chunk of members' logits at a time; T is
+fitted per member by :mod:`mislas.calibration`'s Newton with each pass over the held logits
+on the device, val_ts is streamed from them, and the test pass streams the plain and the /T
+metrics from one backbone pass (test logits are never held).
 
 Import note: :mod:`mislas.stages` (which calls this module) is imported inside the functions
 that need it, so either module can be imported first.
@@ -77,8 +78,8 @@ if TYPE_CHECKING:
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 # Cells (member × row × class) per chunk of the float64 work: the temporaries stay near
-# 28 bytes × this (float32 softmax, float64 softmax, int64 bin index), 29 MB on the CPU and
-# 0.9 GB on a GPU, whatever G, B and K are.
+# 21 bytes × this (float32 softmax, the float64 cast and softmax, a mask), 22 MB on the CPU and
+# 0.7 GB on a GPU, whatever G, B and K are.
 CHUNK_CELLS_CPU = 1 << 20
 CHUNK_CELLS_GPU = 1 << 25
 
