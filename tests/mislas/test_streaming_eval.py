@@ -34,6 +34,8 @@ from mislas.streaming import (
     evaluate_heads_streaming,
     final_evaluation_streaming,
     fit_temperatures,
+    metrics_device,
+    stream_evaluate,
     stream_final_evaluation,
 )
 from tests.conftest import tiny_split
@@ -175,6 +177,20 @@ def test_bad_input_raises_one_line() -> None:
         StreamingMetrics(EVALS, K, COUNTS[:-1], CPU)
 
 
+def test_no_batches_raise_as_the_host_path(trained) -> None:
+    _, model, heads, cfgs = trained
+    evals = [c.eval for c in cfgs]
+    with pytest.raises(ValueError, match="logits must hold at least one sample, got 0"):
+        stream_evaluate(model, heads, [], [40, 16, 6], evals, device=CPU, channels_last=False)
+    with pytest.raises(ValueError, match="logits must hold at least one sample, got 0"):
+        stream_final_evaluation(model, heads, [], [], [40, 16, 6], evals, device=CPU, channels_last=False)
+
+
+def test_metrics_of_an_mps_model_accumulate_on_the_cpu() -> None:
+    assert metrics_device(torch.device("mps")) == CPU  # MPS has no float64
+    assert metrics_device(CPU) == CPU
+
+
 # --- temperature fit on held logits ----------------------------------------------------------
 
 def _trained(n: int, k: int, seed: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,7 +328,6 @@ def test_the_benchmark_compares_like_with_like() -> None:
     they give the same results there too (tiny shape; the paper-scale one is the same code)."""
     from benchmarks.paper_scale import eval_inputs
     from mislas.stages import predict_heads
-    from mislas.streaming import stream_evaluate
 
     val, _, backbone, heads, counts = eval_inputs(50, 30, 8, 2, 16)
     logits, labels = predict_heads(backbone, heads, val, CPU, False)
