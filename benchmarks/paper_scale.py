@@ -221,9 +221,12 @@ EvalInputs = tuple[list[tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Ten
 
 
 def eval_inputs(n: int, k: int, d: int, g: int, batch: int) -> EvalInputs:
-    """Val and test batches of trained-looking D-dim features (a class prototype plus noise, the
-    prototype of the label for 65 % of rows), an identity backbone, G linear heads D → K on the
-    prototypes (each its own logit scale) and long-tailed training counts."""
+    """Inputs of :func:`bench_eval`: val and test batches, an identity backbone, G heads, counts.
+
+    Trained-looking D-dim features (a class prototype plus noise, the prototype of the label for
+    65 % of rows), G linear heads D → K on the prototypes (each its own logit scale) and
+    long-tailed training counts.
+    """
     gen = torch.Generator().manual_seed(0)
     proto = torch.nn.functional.normalize(torch.randn(k, d, generator=gen), dim=1)
 
@@ -331,8 +334,10 @@ def bench_eval(n: int = INAT_VAL // 8, k: int = INAT_CLASSES, d: int = 2048, *, 
 
 def bench_eval_here(n: int = INAT_VAL // 8, k: int = INAT_CLASSES, d: int = 2048, *, g: int = 2, batch: int = 512,
                     before: bool = False) -> dict[str, Any]:
-    """Host bytes and time of evaluating G heads on iNaturalist-shaped data: today's path (``before``)
-    against :mod:`mislas.streaming`, both on the CPU (so the "device" is the host here).
+    """Host bytes and time of evaluating G heads at iNaturalist's shape, host path against streamed.
+
+    Today's path (``before``) against :mod:`mislas.streaming`, both on the CPU (so the
+    "device" is the host here).
 
     Inputs from :func:`eval_inputs`, ``n`` val and ``n`` test rows in batches of ``batch``.
     Two calls each: the per-epoch evaluation (``evaluate_heads``: val) and the final one (val,

@@ -1,5 +1,6 @@
-"""Streaming evaluation (issue 16): every head of a group evaluated batch by batch on the device
-where the model is, all members at once, with no N×K logits on the host.
+"""Streaming evaluation (issue 16): all heads of a group, batch by batch, on the model's device.
+
+Every member is evaluated at once where the model is, with no N×K logits on the host.
 
 Why: the host path (:func:`mislas.stages.evaluate_heads`) moves every batch's logits to the
 host and concatenates them (N×K float32 per member, 0.8 GB at iNaturalist's 24,426 × 8,142,
@@ -99,8 +100,10 @@ roundings partly cancel. float16 (2⁻¹¹) does better still."""
 
 
 def metrics_device(device: torch.device) -> torch.device:
-    """Where the metrics of a model on ``device`` accumulate: there, except on MPS (no float64),
-    where they go to the CPU one batch at a time."""
+    """Where the metrics of a model on ``device`` accumulate.
+
+    There, except on MPS (no float64), where they go to the CPU one batch at a time.
+    """
     device = torch.device(device)
     return torch.device("cpu") if device.type == "mps" else device
 
@@ -309,9 +312,11 @@ def _forward(backbone: Network, heads: Sequence[nn.Module], batches: Batches, de
 
 
 def _head_logits(heads: Sequence[nn.Module], feats: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """[G, B, K] float32 logits of ``heads`` on one batch of features, as :func:`mislas.stages.predict_heads`
-    computes them (same calls, same autocast), so a recomputation gives the same values; on
-    :func:`metrics_device`."""
+    """[G, B, K] float32 logits of ``heads`` on one batch of features, on :func:`metrics_device`.
+
+    As :func:`mislas.stages.predict_heads` computes them (same calls, same autocast), so a
+    recomputation gives the same values.
+    """
     with torch.no_grad(), _autocast(device):
         return torch.stack([h(feats).float() for h in heads]).to(metrics_device(device))
 
@@ -407,8 +412,11 @@ def fit_temperatures(held: Sequence[torch.Tensor], labels: Sequence[torch.Tensor
 
 
 def _hold(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``logits`` as held for the fit: the tensor itself in its own dtype, else shifted by the row
-    max and cast (the rounding then is relative to z_max − z, see :data:`BF16_TEMPERATURE_RTOL`)."""
+    """``logits`` as held for the fit.
+
+    The tensor itself in its own dtype, else shifted by the row max and cast (the rounding then
+    is relative to z_max − z, see :data:`BF16_TEMPERATURE_RTOL`).
+    """
     if dtype == logits.dtype:
         return logits
     return (logits - logits.amax(dim=2, keepdim=True)).to(dtype)
