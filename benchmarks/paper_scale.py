@@ -39,8 +39,12 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -300,9 +304,12 @@ EvalInputs = tuple[list[tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Ten
 
 
 def eval_inputs(n: int, k: int, d: int, g: int, batch: int) -> EvalInputs:
-    """Val and test batches of trained-looking D-dim features (a class prototype plus noise, the
-    prototype of the label for 65 % of rows), an identity backbone, G linear heads D → K on the
-    prototypes (each its own logit scale) and long-tailed training counts."""
+    """Inputs of :func:`bench_eval`: val and test batches, an identity backbone, G heads, counts.
+
+    Trained-looking D-dim features (a class prototype plus noise, the prototype of the label for
+    65 % of rows), G linear heads D → K on the prototypes (each its own logit scale) and
+    long-tailed training counts.
+    """
     gen = torch.Generator().manual_seed(0)
     proto = torch.nn.functional.normalize(torch.randn(k, d, generator=gen), dim=1)
 
@@ -334,26 +341,25 @@ def _measured(run: Callable[[], Any], g: int) -> dict[str, float]:
     return {"peak_bytes": peak, "bytes_per_member": peak / g, "cpu_s": clock.cpu, "wall_s": clock.wall}
 
 
-def bench_eval(n: int = INAT_VAL // 8, k: int = INAT_CLASSES, d: int = 2048, *, g: int = 2, batch: int = 512,
-               before: bool = False) -> dict[str, Any]:
-    """Host bytes and time of evaluating G heads on iNaturalist-shaped data: today's path (``before``)
-    against :mod:`mislas.streaming`, both on the CPU (so the "device" is the host here).
+def _fix_mmap_threshold(size: int = 128 << 10) -> None:
+    """glibc: serve every allocation of ``size`` or more by mmap, returned to the system when freed.
 
-    Inputs from :func:`eval_inputs`: ``n`` val and ``n`` test rows in batches of ``batch``.
-    Two calls each: the per-epoch evaluation (``evaluate_heads``: val) and the final one (val,
-    test, temperature scaling). Bytes: the peak RSS over the call minus the RSS at its start
-    (:func:`peak_window`; features, heads and labels exist before), ÷ G. Time: CPU seconds
-    (:class:`_Clock`), with ``logits_cpu_s``, one pass of the heads over the val rows without
-    metrics, which both paths pay. Scaled from ``n`` to iNaturalist's 24,426 val rows: the host
-    path's bytes grow as N (N×K float32 logits), so ×24,426/n; the streaming path's are one
-    batch of logits (B×K×4 per member on a CPU device, none on a GPU) and the chunk scratch
-    (fixed), plus the per-sample vectors kept for SampleOutcomes (label, correct, confidence,
-    NLL: 25 bytes per row and result), so + 25 × (24,426 − n) per result, and in the final
-    evaluation the held val logits, + (24,426 − n)·K·4.
+    By default glibc raises its mmap threshold to the size of each freed mapping (up to 32 MB),
+    after which evaluation's 4–33 MB temporaries come from the heap, whose freed pages the RSS
+    keeps: the peak then counts fragmentation, not live tensors. A fixed threshold (``mallopt``,
+    which also stops the adjustment) makes the RSS follow the live tensors again.
     """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, size)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _eval_runs(n: int, k: int, d: int, g: int, batch: int, before: bool) -> tuple[dict[str, Callable[[], Any]], float]:
+    """The calls :func:`bench_eval` measures at ``n`` rows, and the CPU seconds of one head pass over val."""
     from mislas.metrics import evaluate_logits
     from mislas.stages import predict_heads
-    from mislas.streaming import held_bytes, stream_evaluate, stream_final_evaluation
+    from mislas.streaming import stream_evaluate, stream_final_evaluation
 
     cpu = torch.device("cpu")
     val, test, backbone, heads, counts = eval_inputs(n, k, d, g, batch)
@@ -377,32 +383,85 @@ def bench_eval(n: int = INAT_VAL // 8, k: int = INAT_CLASSES, d: int = 2048, *, 
             temperature_scaled_results(a, yv, b, yt, counts)
 
     runs: dict[str, Callable[[], Any]] = {
-        "eval": lambda: stream_evaluate(backbone, heads, val, counts, evals, device=cpu,
-                                        channels_last=False),
-        "final": lambda: stream_final_evaluation(backbone, heads, val, test, counts, evals,
-                                                 device=cpu, channels_last=False),
+        "eval": lambda: stream_evaluate(backbone, heads, val, counts, evals, device=cpu, channels_last=False),
+        "final": lambda: stream_final_evaluation(backbone, heads, val, test, counts, evals, device=cpu,
+                                                 channels_last=False),
     }
     if before:
         runs.update(eval_before=host_eval, final_before=host_final)
-    measured = {name: _measured(run, g) for name, run in runs.items()}
-    per_row, extra = 25, INAT_VAL - n  # int64 label + bool correct + float64 confidence + float64 NLL
+    return runs, lc.cpu
+
+
+def bench_eval(n: int = INAT_VAL // 8, k: int = INAT_CLASSES, d: int = 2048, *, g: int = 2, batch: int = 512,
+               before: bool = False) -> dict[str, Any]:
+    """:func:`bench_eval_here` in a fresh interpreter, with this process's intra-op thread count.
+
+    Why: after the other benchmarks, this process's heap holds large free regions that later
+    allocations are carved from page by page, so its RSS grows with every batch whatever is
+    live (measured: the streamed evaluation's peak then grew 85 MB per member from 1,017 to 3,053 rows,
+    against none in a fresh process); a fresh heap measures the tensors.
+    """
+    args = {"n": n, "k": k, "d": d, "g": g, "batch": batch, "before": before}
+    code = ("import json, sys, torch; torch.set_num_threads(int(sys.argv[1])); "
+            "from benchmarks.paper_scale import bench_eval_here; "
+            "print(json.dumps(bench_eval_here(**json.loads(sys.argv[2]))))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", code, str(torch.get_num_threads()), json.dumps(args)],
+                          capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench_eval's fresh interpreter failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def bench_eval_here(n: int = INAT_VAL // 8, k: int = INAT_CLASSES, d: int = 2048, *, g: int = 2, batch: int = 512,
+                    before: bool = False) -> dict[str, Any]:
+    """Host bytes and time of evaluating G heads at iNaturalist's shape, host path against streamed.
+
+    Today's path (``before``) against :mod:`mislas.streaming`, both on the CPU (so the
+    "device" is the host here).
+
+    Inputs from :func:`eval_inputs`, ``n`` val and ``n`` test rows in batches of ``batch``.
+    Two calls each: the per-epoch evaluation (``evaluate_heads``: val) and the final one (val,
+    test, temperature scaling). Bytes: the peak RSS over the call minus the RSS at its start
+    (:func:`peak_window`, with :func:`_fix_mmap_threshold`; features, heads and labels exist
+    before), ÷ G, measured at ``n`` and ``n // 3`` rows and extrapolated linearly to
+    iNaturalist's 24,426 (the host path's bytes grow as N: N×K float32 logits; the streaming
+    path's hardly: per-sample vectors, 25 bytes per row and result; a growth below 0, noise
+    on a flat figure, counts as 0). Time: CPU seconds of the
+    calls at ``n`` (:class:`_Clock`), with ``logits_cpu_s``, one pass of the heads over the
+    val rows without metrics, which both paths pay (twice in the final evaluation).
+    """
+    from mislas.streaming import held_bytes
+
+    _fix_mmap_threshold()
+    sizes = (n // 3, n)
+    measured: dict[int, dict[str, dict[str, float]]] = {}
+    logits_cpu = 0.0
+    for rows in sizes:
+        runs, logits_cpu = _eval_runs(rows, k, d, g, batch, before)
+        measured[rows] = {name: _measured(run, g) for name, run in runs.items()}
+
+    def at_inat(name: str) -> float:
+        small, large = (measured[r][name]["bytes_per_member"] for r in sizes)
+        growth = max(large - small, 0.0) / (sizes[1] - sizes[0])  # a flat figure's noise must not shrink it
+        return large + growth * (INAT_VAL - sizes[1])
+
+    big = measured[n]
     out: dict[str, Any] = {
-        "shape": {"N": n, "K": k, "D": d, "G": g, "B": batch}, "logits_cpu_s": lc.cpu, "logits_wall_s": lc.wall,
-        "measured": measured, "scaled_to_n": INAT_VAL,
-        "host_bytes_per_member": measured["eval"]["bytes_per_member"] + per_row * extra,
-        # four results (val, test, both after T) keep per-sample vectors; on the CPU the held val
-        # logits (N×K float32 per member) are host memory too
-        "final_host_bytes_per_member": measured["final"]["bytes_per_member"] + 4 * per_row * extra
-        + held_bytes(extra, k, 1),
+        "shape": {"N": list(sizes), "K": k, "D": d, "G": g, "B": batch}, "logits_cpu_s": logits_cpu,
+        "measured": measured, "extrapolated_to_n": INAT_VAL,
+        "host_bytes_per_member": at_inat("eval"),
+        "final_host_bytes_per_member": at_inat("final"),  # on the CPU it holds the val logits: host memory here
         "held_device_bytes_per_member_inat": held_bytes(INAT_VAL, k, 1),
-        "host_bytes_per_member_on_gpu_inat": {"eval": per_row * INAT_VAL, "final": 4 * per_row * INAT_VAL},
+        "host_bytes_per_member_on_gpu_inat": {"eval": 25 * INAT_VAL, "final": 4 * 25 * INAT_VAL},
     }
     if before:
-        scale = INAT_VAL / n
-        out["host_bytes_per_member_before"] = measured["eval_before"]["bytes_per_member"] * scale
-        out["final_host_bytes_per_member_before"] = measured["final_before"]["bytes_per_member"] * scale
-        out["eval_cpu_s_ratio"] = measured["eval_before"]["cpu_s"] / measured["eval"]["cpu_s"]
-        out["final_cpu_s_ratio"] = measured["final_before"]["cpu_s"] / measured["final"]["cpu_s"]
+        out.update(host_bytes_per_member_before=at_inat("eval_before"),
+                   final_host_bytes_per_member_before=at_inat("final_before"),
+                   eval_cpu_s_ratio=big["eval_before"]["cpu_s"] / big["eval"]["cpu_s"],
+                   final_cpu_s_ratio=big["final_before"]["cpu_s"] / big["final"]["cpu_s"])
     return out
 def _written() -> int:
     """Bytes this process has passed to ``write`` so far (Linux ``/proc/self/io`` ``wchar``, all threads)."""

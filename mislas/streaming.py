@@ -1,5 +1,6 @@
-"""Streaming evaluation (issue 16): every head of a group evaluated batch by batch on the device
-where the model is, all members at once, with no N×K logits on the host.
+"""Streaming evaluation (issue 16): all heads of a group, batch by batch, on the model's device.
+
+Every member is evaluated at once where the model is, with no N×K logits on the host.
 
 Why: the host path (:func:`mislas.stages.evaluate_heads`) moves every batch's logits to the
 host and concatenates them (N×K float32 per member, 0.8 GB at iNaturalist's 24,426 × 8,142,
@@ -33,10 +34,11 @@ float64 per-sample NLL where the host path averages float32 cross-entropies (rel
 
 Temperature scaling (:func:`stream_final_evaluation`): the val pass also keeps each batch's
 [G, B, K] logits on the device (the tensors the heads produced: no copy, no concatenation;
-optionally as bfloat16, see :data:`BF16_TEMPERATURE_RTOL`), T is fitted per member by
-:mod:`mislas.calibration`'s Newton with each pass over the held logits on the device, val_ts
-is streamed from them, and the test pass streams the plain and the /T metrics from one
-backbone pass (test logits are never held).
+optionally as bfloat16, see :data:`BF16_TEMPERATURE_RTOL`) up to :data:`HOLD_BYTES`, past
+which it keeps the val features and recomputes a chunk of members' logits at a time; T is
+fitted per member by :mod:`mislas.calibration`'s Newton with each pass over the held logits
+on the device, val_ts is streamed from them, and the test pass streams the plain and the /T
+metrics from one backbone pass (test logits are never held).
 
 Import note: :mod:`mislas.stages` (which calls this module) is imported inside the functions
 that need it, so either module can be imported first.
@@ -77,15 +79,15 @@ if TYPE_CHECKING:
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 # Cells (member × row × class) per chunk of the float64 work: the temporaries stay near
-# 28 bytes × this (float32 softmax, float64 softmax, int64 bin index), 29 MB on the CPU and
-# 0.9 GB on a GPU, whatever G, B and K are.
+# 21 bytes × this (float32 softmax, the float64 cast and softmax, a mask), 22 MB on the CPU and
+# 0.7 GB on a GPU, whatever G, B and K are.
 CHUNK_CELLS_CPU = 1 << 20
 CHUNK_CELLS_GPU = 1 << 25
 
 HOLD_BYTES = 16 << 30
 """Default budget for the val logits the final evaluation holds for the temperature fit (16 GiB:
-iNaturalist's 24,426 × 8,142 float32 logits are 0.80 GB per member, so 20 members are held
-whole; a larger group recomputes chunks of 20 from the held features)."""
+iNaturalist's 24,426 × 8,142 float32 logits are 0.80 GB per member, so up to 21 members are
+held whole; a larger group recomputes chunks of 21 from the held features)."""
 
 BF16_TEMPERATURE_RTOL = 2.0**-9
 """Stated bound on |T_bf16 / T − 1| when the val logits are held as bfloat16 (``hold_dtype``),
@@ -95,6 +97,15 @@ most 2⁻⁹ relative; the held values are z − max z (softmax and the fit are 
 so the rounding is relative to each logit's distance from its row's top, not to a common
 offset. One common factor 1 + δ on all of them moves T by exactly 1 + δ; independent
 roundings partly cancel. float16 (2⁻¹¹) does better still."""
+
+
+def metrics_device(device: torch.device) -> torch.device:
+    """Where the metrics of a model on ``device`` accumulate.
+
+    There, except on MPS (no float64), where they go to the CPU one batch at a time.
+    """
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
 
 
 def chunk_cells(device: torch.device) -> int:
@@ -148,7 +159,7 @@ class StreamingMetrics:
         self.evals = list(evals)
         self.k = int(num_classes)
         self.counts = counts
-        self.device = torch.device(device)
+        self.device = metrics_device(device)
         self.cells = cells if cells is not None else chunk_cells(self.device)
         g = len(self.evals)
         self.n_bins = [_check_n_bins(e.n_bins) for e in self.evals]
@@ -179,7 +190,7 @@ class StreamingMetrics:
         if not logits.dtype.is_floating_point:
             raise ValueError(f"logits must be floating point, got dtype {logits.dtype}")
         b = int(logits.shape[1])
-        labels = labels.to(self.device)
+        logits, labels = logits.to(self.device), labels.to(self.device)
         _check_labels(labels, b, self.k)
         labels = labels.long()
         work = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
@@ -297,14 +308,17 @@ def _forward(backbone: Network, heads: Sequence[nn.Module], batches: Batches, de
     for x, y in batches:
         with torch.no_grad(), _autocast(device):
             feats = backbone.features(_to_device(x, device, channels_last))
-        yield feats, _head_logits(heads, feats, device), y.to(device, non_blocking=True)
+        yield feats, _head_logits(heads, feats, device), y.to(metrics_device(device), non_blocking=True)
 
 
 def _head_logits(heads: Sequence[nn.Module], feats: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """[G, B, K] float32 logits of ``heads`` on one batch of features, as :func:`mislas.stages.predict_heads`
-    computes them (same calls, same autocast), so a recomputation gives the same values."""
+    """[G, B, K] float32 logits of ``heads`` on one batch of features, on :func:`metrics_device`.
+
+    As :func:`mislas.stages.predict_heads` computes them (same calls, same autocast), so a
+    recomputation gives the same values.
+    """
     with torch.no_grad(), _autocast(device):
-        return torch.stack([h(feats).float() for h in heads])
+        return torch.stack([h(feats).float() for h in heads]).to(metrics_device(device))
 
 
 def _autocast(device: torch.device) -> torch.autocast:
@@ -398,8 +412,11 @@ def fit_temperatures(held: Sequence[torch.Tensor], labels: Sequence[torch.Tensor
 
 
 def _hold(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``logits`` as held for the fit: the tensor itself in its own dtype, else shifted by the row
-    max and cast (the rounding then is relative to z_max − z, see :data:`BF16_TEMPERATURE_RTOL`)."""
+    """``logits`` as held for the fit.
+
+    The tensor itself in its own dtype, else shifted by the row max and cast (the rounding then
+    is relative to z_max − z, see :data:`BF16_TEMPERATURE_RTOL`).
+    """
     if dtype == logits.dtype:
         return logits
     return (logits - logits.amax(dim=2, keepdim=True)).to(dtype)

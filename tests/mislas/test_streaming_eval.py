@@ -34,6 +34,8 @@ from mislas.streaming import (
     evaluate_heads_streaming,
     final_evaluation_streaming,
     fit_temperatures,
+    metrics_device,
+    stream_evaluate,
     stream_final_evaluation,
 )
 from tests.conftest import tiny_split
@@ -93,8 +95,11 @@ def _logits(g: int, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.
 
 @pytest.mark.parametrize(("batch", "cells"), [(1, None), (7, 40), (50, 500), (64, 10**9), (203, None)])
 def test_stream_equals_evaluate_logits(batch: int, cells: int | None) -> None:
-    """G = 3 members with their own bins and splits; batches of 1, 7 (203 = 29·7), 50 and 64 (ragged
-    last batches), chunks of rows (cells 40 < B·K) and of several members (500, 10⁹)."""
+    """G = 3 members with their own bins and splits, in batches and chunks of every kind.
+
+    Batches of 1, 7 (203 = 29·7), 50 and 64 (ragged last batches), chunks of rows (cells 40 <
+    B·K) and of several members (500, 10⁹).
+    """
     z, y = _logits(3, 203, K)
     acc = StreamingMetrics(EVALS, K, COUNTS, CPU, cells=cells)
     for s in range(0, 203, batch):
@@ -107,8 +112,11 @@ def test_stream_equals_evaluate_logits(batch: int, cells: int | None) -> None:
 
 
 def test_probabilities_on_bin_edges_bin_as_the_host_path() -> None:
-    """Constant rows of K = 3 give p = 1/3 (the edge 5/15) in float64 and 0.33333334 in float32;
-    K = 2 ties give 0.5 (an edge of 10 bins): both bin exactly as evaluate_logits bins them."""
+    """Probabilities on bin edges bin as evaluate_logits bins them.
+
+    Constant rows of K = 3 give p = 1/3 (the edge 5/15) in float64 and 0.33333334 in float32;
+    K = 2 ties give 0.5 (an edge of 10 bins).
+    """
     for k, n_bins in ((3, 15), (2, 10)):
         z = torch.zeros(2, 12, k)
         z[1, :6, 0] = 1.0
@@ -122,8 +130,10 @@ def test_probabilities_on_bin_edges_bin_as_the_host_path() -> None:
 
 
 def test_nll_stays_finite_where_the_label_probability_underflows() -> None:
-    """Logits 1000× (T = 1e-2 on a large spread makes such): p_y underflows to 0 in float64 for many rows;
-    the NLL is still −log_softmax's finite value."""
+    """The NLL stays −log_softmax's finite value where p_y underflows to 0 in float64.
+
+    Logits 1000× (T = 1e-2 on a large spread makes such).
+    """
     z, y = _logits(2, 60, K, seed=3)
     z = z * 1000.0
     acc = StreamingMetrics(EVALS[:2], K, COUNTS, CPU)
@@ -173,6 +183,20 @@ def test_bad_input_raises_one_line() -> None:
         acc.results()
     with pytest.raises(ValueError, match=r"train_counts must have one entry per class \(K = 17\)"):
         StreamingMetrics(EVALS, K, COUNTS[:-1], CPU)
+
+
+def test_no_batches_raise_as_the_host_path(trained) -> None:
+    _, model, heads, cfgs = trained
+    evals = [c.eval for c in cfgs]
+    with pytest.raises(ValueError, match="logits must hold at least one sample, got 0"):
+        stream_evaluate(model, heads, [], [40, 16, 6], evals, device=CPU, channels_last=False)
+    with pytest.raises(ValueError, match="logits must hold at least one sample, got 0"):
+        stream_final_evaluation(model, heads, [], [], [40, 16, 6], evals, device=CPU, channels_last=False)
+
+
+def test_metrics_of_an_mps_model_accumulate_on_the_cpu() -> None:
+    assert metrics_device(torch.device("mps")) == CPU  # MPS has no float64
+    assert metrics_device(CPU) == CPU
 
 
 # --- temperature fit on held logits ----------------------------------------------------------
@@ -236,8 +260,11 @@ def _cfg(n_bins: int = 15, **eval_kw: Any) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def trained(tiny: LTData) -> tuple[LTData, Network, list[nn.Module], list[RunConfig]]:
-    """A Stage-1 ResNet-32 on the tiny set, a val split without class 2 (8 + 8 + 0: ragged batches of 5),
-    and G = 3 heads of three kinds, each member with its own eval bins and splits."""
+    """A Stage-1 ResNet-32 on the tiny set and G = 3 heads of three kinds.
+
+    The val split has no class 2 (8 + 8 + 0: ragged batches of 5); each member has its own eval
+    bins and splits.
+    """
     data = replace(tiny, val=tiny_split([8, 8, 0], 2))
     model = train_stage1(data, _cfg(), device=CPU, progress=False).model
     linear = model.classifier
@@ -292,8 +319,10 @@ def test_final_evaluation_with_bf16_held_logits(trained) -> None:
 
 @pytest.mark.parametrize("hold_bytes", [1, 2 * 16 * 3 * 4])
 def test_final_evaluation_over_the_hold_budget_recomputes_the_same(trained, hold_bytes: int) -> None:
-    """Past ``hold_bytes`` the fit recomputes the val logits from the held features, chunks of 1 and
-    of 2 members (16 val rows × 3 classes × 4 bytes per member): the same logits, so the same numbers."""
+    """Past ``hold_bytes`` the fit recomputes the val logits from the held features: the same numbers.
+
+    Chunks of 1 and of 2 members (16 val rows × 3 classes × 4 bytes per member).
+    """
     from mislas.stages import eval_batches
 
     data, model, heads, cfgs = trained
@@ -308,11 +337,12 @@ def test_final_evaluation_over_the_hold_budget_recomputes_the_same(trained, hold
 
 
 def test_the_benchmark_compares_like_with_like() -> None:
-    """benchmarks.paper_scale.bench_eval times the host path and the streamed one on the same inputs:
-    they give the same results there too (tiny shape; the paper-scale one is the same code)."""
+    """benchmarks.paper_scale.bench_eval's host and streamed paths give the same results on its inputs.
+
+    Tiny shape; the paper-scale one is the same code.
+    """
     from benchmarks.paper_scale import eval_inputs
     from mislas.stages import predict_heads
-    from mislas.streaming import stream_evaluate
 
     val, _, backbone, heads, counts = eval_inputs(50, 30, 8, 2, 16)
     logits, labels = predict_heads(backbone, heads, val, CPU, False)
