@@ -9,7 +9,6 @@ group of one (:func:`evaluate_split`, :func:`finish`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,21 +21,10 @@ from mislas.data.batches import Batches, eval_batches
 from mislas.data.types import LTData
 from mislas.metrics import EvalResult, classifier_weight_norms, evaluate_logits
 from mislas.models import Network, effective_weight
-from mislas.records import EpochRecord, StageResult
+from mislas.records import EpochRecord, FinalEvaluation, StageResult
 
 __all__ = ["Features", "FinalEvaluation", "eval_batches", "evaluate_heads", "evaluate_split", "final_evaluation",
            "finish", "predict", "predict_heads"]
-
-
-@dataclass(frozen=True)
-class FinalEvaluation:
-    """One head's final evaluation: val and test, and both again after temperature scaling."""
-
-    val: EvalResult
-    test: EvalResult
-    temperature: float
-    val_ts: EvalResult
-    test_ts: EvalResult
 
 
 @torch.no_grad()

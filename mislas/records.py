@@ -60,3 +60,14 @@ OnGroupEpoch = Callable[[int, EpochRecord], None]
 def epoch_records(raw: Iterable[dict[str, Any]]) -> list[EpochRecord]:
     """Records from their dicts (``dataclasses.asdict``), as checkpoints store them."""
     return [EpochRecord(**r) for r in raw]
+
+
+@dataclass(frozen=True)
+class FinalEvaluation:
+    """One head's final evaluation: val and test, and both again after temperature scaling."""
+
+    val: EvalResult
+    test: EvalResult
+    temperature: float
+    val_ts: EvalResult
+    test_ts: EvalResult

@@ -2,7 +2,7 @@
 
 Every member is evaluated at once where the model is, with no N×K logits on the host.
 
-Why: the host path (:func:`mislas.stages.evaluate_heads`) moves every batch's logits to the
+Why: the host path (:func:`mislas.evaluation.evaluate_heads`) moves every batch's logits to the
 host and concatenates them (N×K float32 per member, 0.8 GB at iNaturalist's 24,426 × 8,142,
 twice while ``torch.cat`` runs), then walks them in numpy several times per member. Here each
 batch's [G, B, K] logits stay on the device and are reduced at once to what the metrics need:
@@ -39,30 +39,25 @@ which it keeps the val features and recomputes a chunk of members' logits at a t
 fitted per member by :mod:`mislas.calibration`'s Newton with each pass over the held logits
 on the device, val_ts is streamed from them, and the test pass streams the plain and the /T
 metrics from one backbone pass (test logits are never held).
-
-Import note: :mod:`mislas.stages` (which calls this module) is imported inside the functions
-that need it, so either module can be imported first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mislas import device as dev
 from mislas.calibration import TemperatureFit, _newton_beta
 from mislas.config import EvalConfig, RunConfig
 from mislas.data import LTData
+from mislas.data.batches import eval_batches
 from mislas.metrics import (
     EvalResult,
     SampleOutcomes,
-    _bin_upper,
-    _check_n_bins,
-    _percent,
     adaptive_ece,
     confidence_by_split,
     ece_mce,
@@ -71,10 +66,11 @@ from mislas.metrics import (
     split_accuracy,
     split_ece,
 )
+from mislas.metrics.binned import _bin_upper
+from mislas.metrics.inputs import _check_n_bins
+from mislas.metrics.result import _percent
 from mislas.models import Network
-
-if TYPE_CHECKING:
-    from mislas.stages import FinalEvaluation
+from mislas.records import FinalEvaluation
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -268,10 +264,8 @@ def _result(e: EvalConfig, labels: np.ndarray, conf: np.ndarray, preds: np.ndarr
     n_bins = e.n_bins
     ece, mce = ece_mce(conf, correct, n_bins=n_bins)
     pca = 100.0 * per_class_accuracy(preds, labels, k)
-    splits = split_accuracy(pca, counts, many_above=e.many_above, few_below=e.few_below,
-                            index_ranges=e.index_ranges)
-    s_ece = split_ece(conf, correct, labels, counts, n_bins=n_bins, many_above=e.many_above,
-                      few_below=e.few_below, index_ranges=e.index_ranges)
+    splits = split_accuracy(pca, counts, split_rule=e.split_rule)
+    s_ece = split_ece(conf, correct, labels, counts, n_bins=n_bins, split_rule=e.split_rule)
     return EvalResult(
         acc=100.0 * float(correct.mean()),
         acc_many=splits["many"],
@@ -289,8 +283,7 @@ def _result(e: EvalConfig, labels: np.ndarray, conf: np.ndarray, preds: np.ndarr
         ece_many=_percent(s_ece["many"]),
         ece_medium=_percent(s_ece["medium"]),
         ece_few=_percent(s_ece["few"]),
-        confidence_quantiles=confidence_by_split(conf, labels, counts, many_above=e.many_above,
-                                                  few_below=e.few_below, index_ranges=e.index_ranges),
+        confidence_quantiles=confidence_by_split(conf, labels, counts, split_rule=e.split_rule),
         samples=SampleOutcomes(label=labels.astype(np.int64), correct=correct, confidence=conf, nll=nll),
     )
 
@@ -300,21 +293,19 @@ def _result(e: EvalConfig, labels: np.ndarray, conf: np.ndarray, preds: np.ndarr
 def _forward(backbone: Network, heads: Sequence[nn.Module], batches: Batches, device: torch.device,
              channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per batch: the backbone's features, every head's float32 logits [G, B, K] and the labels, on ``device``."""
-    from mislas.stages import _to_device
-
     backbone.eval()
     for h in heads:
         h.eval()
     for x, y in batches:
         with torch.no_grad(), _autocast(device):
-            feats = backbone.features(_to_device(x, device, channels_last))
+            feats = backbone.features(dev.to_device(x, device, channels_last))
         yield feats, _head_logits(heads, feats, device), y.to(metrics_device(device), non_blocking=True)
 
 
 def _head_logits(heads: Sequence[nn.Module], feats: torch.Tensor, device: torch.device) -> torch.Tensor:
     """[G, B, K] float32 logits of ``heads`` on one batch of features, on :func:`metrics_device`.
 
-    As :func:`mislas.stages.predict_heads` computes them (same calls, same autocast), so a
+    As :func:`mislas.evaluation.predict_heads` computes them (same calls, same autocast), so a
     recomputation gives the same values.
     """
     with torch.no_grad(), _autocast(device):
@@ -322,16 +313,15 @@ def _head_logits(heads: Sequence[nn.Module], feats: torch.Tensor, device: torch.
 
 
 def _autocast(device: torch.device) -> torch.autocast:
-    from mislas.stages import _autocast as stages_autocast
-
-    return stages_autocast(device)
+    """The precision switch of the host path, looked up at call time (a check may swap it)."""
+    return dev.autocast(device)
 
 
 def head_logits(backbone: Network, heads: Sequence[nn.Module], batches: Batches, device: torch.device,
                 channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Per batch: every head's float32 logits [G, B, K] and the labels, on ``device``.
 
-    The same calls as :func:`mislas.stages.predict_heads` (bf16 autocast on CUDA), so the
+    The same calls as :func:`mislas.evaluation.predict_heads` (bf16 autocast on CUDA), so the
     logits are the same, without the move to the host.
     """
     for _, logits, y in _forward(backbone, heads, batches, device, channels_last):
@@ -427,7 +417,7 @@ def stream_final_evaluation(backbone: Network, heads: Sequence[nn.Module], val_b
                             evals: Sequence[EvalConfig], *, device: torch.device, channels_last: bool,
                             hold_dtype: torch.dtype = torch.float32, hold_bytes: int = HOLD_BYTES,
                             cells: int | None = None) -> list[FinalEvaluation]:
-    """:func:`mislas.stages.final_evaluation` streamed: val, T fitted on val, val_ts, then test and test_ts.
+    """:func:`mislas.evaluation.final_evaluation` streamed: val, T fitted on val, val_ts, then test and test_ts.
 
     The fit needs the val logits; they are held on ``device`` batch by batch (as
     ``hold_dtype``: float32 keeps them exactly, bfloat16 halves them at
@@ -437,8 +427,6 @@ def stream_final_evaluation(backbone: Network, heads: Sequence[nn.Module], val_b
     from them, one chunk of members at a time (the same calls on the same tensors: the same
     values, one more head pass per member). Nothing of N×K reaches the host.
     """
-    from mislas.stages import FinalEvaluation
-
     feats: list[torch.Tensor] = []
     held: list[torch.Tensor] | None = []
     ys: list[torch.Tensor] = []
@@ -492,9 +480,7 @@ def stream_final_evaluation(backbone: Network, heads: Sequence[nn.Module], val_b
 
 def evaluate_heads_streaming(backbone: Network, heads: Sequence[nn.Module], data: LTData, split: str,
                              cfgs: Sequence[RunConfig], device: torch.device) -> list[EvalResult]:
-    """:func:`mislas.stages.evaluate_heads`, same signature and results, streamed on ``device``."""
-    from mislas.stages import eval_batches
-
+    """:func:`mislas.evaluation.evaluate_heads`, same signature and results, streamed on ``device``."""
     ref = cfgs[0]
     return stream_evaluate(backbone, heads, eval_batches(data, split, ref, device), data.class_counts,
                            [c.eval for c in cfgs], device=device, channels_last=ref.channels_last)
@@ -502,9 +488,7 @@ def evaluate_heads_streaming(backbone: Network, heads: Sequence[nn.Module], data
 
 def final_evaluation_streaming(backbone: Network, heads: Sequence[nn.Module], data: LTData,
                                cfgs: Sequence[RunConfig], device: torch.device) -> list[FinalEvaluation]:
-    """:func:`mislas.stages.final_evaluation`, same signature and results, streamed on ``device``."""
-    from mislas.stages import eval_batches
-
+    """:func:`mislas.evaluation.final_evaluation`, same signature and results, streamed on ``device``."""
     ref = cfgs[0]
     return stream_final_evaluation(backbone, heads, eval_batches(data, "val", ref, device),
                                    eval_batches(data, "test", ref, device), data.class_counts,

@@ -106,7 +106,7 @@ def test_stream_equals_evaluate_logits(batch: int, cells: int | None) -> None:
         acc.update(z[:, s:s + batch], y[s:s + batch])
     got = acc.results()
     for g, e in enumerate(EVALS):
-        want = evaluate_logits(z[g], y, COUNTS, n_bins=e.n_bins, many_above=e.many_above, few_below=e.few_below)
+        want = evaluate_logits(z[g], y, COUNTS, n_bins=e.n_bins, split_rule=e.split_rule)
         assert_same(got[g], want)
         assert math.isnan(got[g].per_class_acc[5])
 
@@ -139,8 +139,7 @@ def test_nll_stays_finite_where_the_label_probability_underflows() -> None:
     acc = StreamingMetrics(EVALS[:2], K, COUNTS, CPU)
     acc.update(z, y)
     for g, got in enumerate(acc.results()):
-        want = evaluate_logits(z[g], y, COUNTS, n_bins=EVALS[g].n_bins, many_above=EVALS[g].many_above,
-                               few_below=EVALS[g].few_below)
+        want = evaluate_logits(z[g], y, COUNTS, n_bins=EVALS[g].n_bins, split_rule=EVALS[g].split_rule)
         assert want.samples is not None and want.samples.nll.max() > 745.0  # beyond float64's exp range
         assert_same(got, want)
 
