@@ -3,7 +3,13 @@
 One path for every stage: :func:`evaluate_heads` (each epoch's validation) and
 :func:`final_evaluation` (val and test, and both again after temperature scaling fitted on
 val) run one backbone pass per batch for all heads of a Stage-2 group; a single model is a
-group of one (:func:`evaluate_split`, :func:`finish`).
+group of one (:func:`evaluate_split`, :func:`finish`). Both are streamed on the model's
+device (:mod:`mislas.streaming`: no N×K logits on the host, issue 16).
+:func:`evaluate_heads_host` and :func:`final_evaluation_host` are the plain path they replaced
+(every head's logits on the host, then :func:`mislas.metrics.evaluate_logits`): kept as the
+independent computation the streamed one is tested against (equal to float rounding: the NLL
+is a float64 mean of per-sample terms where the host path averages float32 cross-entropies,
+relative 1e-6).
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from mislas.data.types import LTData
 from mislas.metrics import EvalResult, classifier_weight_norms, evaluate_logits
 from mislas.models import Network, effective_weight
 from mislas.records import EpochRecord, FinalEvaluation, StageResult
+from mislas.streaming import evaluate_heads_streaming, final_evaluation_streaming
 
-__all__ = ["Features", "FinalEvaluation", "eval_batches", "evaluate_heads", "evaluate_split", "final_evaluation",
+__all__ = ["Features", "FinalEvaluation", "eval_batches", "evaluate_heads", "evaluate_heads_host", "evaluate_split",
+           "final_evaluation", "final_evaluation_host",
            "finish", "predict", "predict_heads"]
 
 
@@ -62,6 +70,18 @@ def predict_heads(backbone: Network, heads: Sequence[nn.Module], batches: Batche
 def evaluate_heads(backbone: Network, heads: Sequence[nn.Module], data: LTData, split: str,
                    cfgs: Sequence[RunConfig], device: torch.device) -> list[EvalResult]:
     """The one evaluation path: each head (with its config's eval settings) on ``split``, one backbone pass."""
+    return evaluate_heads_streaming(backbone, heads, data, split, cfgs, device)
+
+
+def final_evaluation(backbone: Network, heads: Sequence[nn.Module], data: LTData, cfgs: Sequence[RunConfig],
+                     device: torch.device) -> list[FinalEvaluation]:
+    """The one final evaluation: val and test of every head, and both after temperature scaling fitted on val."""
+    return final_evaluation_streaming(backbone, heads, data, cfgs, device)
+
+
+def evaluate_heads_host(backbone: Network, heads: Sequence[nn.Module], data: LTData, split: str,
+                        cfgs: Sequence[RunConfig], device: torch.device) -> list[EvalResult]:
+    """:func:`evaluate_heads` by the host path: every head's logits on the host, then their metrics."""
     ref = cfgs[0]
     logits, labels = predict_heads(backbone, heads, eval_batches(data, split, ref, device), device,
                                    ref.channels_last)
@@ -72,10 +92,10 @@ def evaluate_heads(backbone: Network, heads: Sequence[nn.Module], data: LTData, 
     return out
 
 
-def final_evaluation(backbone: Network, heads: Sequence[nn.Module], data: LTData, cfgs: Sequence[RunConfig],
-                     device: torch.device) -> list[FinalEvaluation]:
-    """The one final evaluation: val and test logits of every head (one backbone pass per split),
-    their metrics, and temperature scaling fitted on val (:mod:`mislas.calibration`)."""
+def final_evaluation_host(backbone: Network, heads: Sequence[nn.Module], data: LTData, cfgs: Sequence[RunConfig],
+                          device: torch.device) -> list[FinalEvaluation]:
+    """:func:`final_evaluation` by the host path: val and test logits of every head on the host, their
+    metrics, and temperature scaling fitted on val (:mod:`mislas.calibration`)."""
     ref = cfgs[0]
     val_logits, val_labels = predict_heads(backbone, heads, eval_batches(data, "val", ref, device), device,
                                            ref.channels_last)

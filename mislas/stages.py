@@ -13,7 +13,8 @@ new code imports from the module that owns the job:
                               ``check_finite``
 :mod:`mislas.data.batches`    ``Batches``, ``train_batches``, ``eval_batches``
 :mod:`mislas.evaluation`      ``predict``, ``predict_heads``, ``evaluate_heads``,
-                              ``final_evaluation``, ``FinalEvaluation``, ``evaluate_split``, ``finish``
+                              ``final_evaluation`` (streamed), ``evaluate_heads_host``,
+                              ``final_evaluation_host``, ``FinalEvaluation``, ``evaluate_split``, ``finish``
 :mod:`mislas.stage1`          ``new_model``, ``load_stage1``, ``train_stage1``, ``fit_stage1``,
                               ``evaluate_stage1``
 :mod:`mislas.stage2`          ``SHARED_FIELDS``, ``check_group``, ``subgroups``, ``Stage2Member``,
@@ -41,8 +42,10 @@ from mislas.device import autocast, resolve_device, sum_dtype, to_device
 from mislas.evaluation import (
     FinalEvaluation,
     evaluate_heads,
+    evaluate_heads_host,
     evaluate_split,
     final_evaluation,
+    final_evaluation_host,
     finish,
     predict,
     predict_heads,
@@ -96,9 +99,11 @@ __all__ = [
     "epoch_step",
     "eval_batches",
     "evaluate_heads",
+    "evaluate_heads_host",
     "evaluate_split",
     "evaluate_stage1",
     "final_evaluation",
+    "final_evaluation_host",
     "finish",
     "fit_stage1",
     "load_stage1",

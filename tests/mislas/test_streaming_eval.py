@@ -1,7 +1,7 @@
 """Streaming evaluation (mislas.streaming) against the host path it replaces, field by field.
 
 The host path is :func:`mislas.metrics.evaluate_logits` on a member's concatenated logits and
-:func:`mislas.stages.evaluate_heads` / :func:`mislas.stages.final_evaluation` on a real
+:func:`mislas.evaluation.evaluate_heads_host` / :func:`mislas.evaluation.final_evaluation_host` on a real
 (tiny, trained) network. Tolerances: confidence, prediction and everything binned on it
 exactly; float64 sums (classwise ECE, Brier, per-sample NLL) to 1e-12 relative; ``nll`` to
 1e-6 relative (the host averages float32 cross-entropies); after temperature scaling, whose
@@ -27,7 +27,7 @@ from mislas.las import LabelAwareSmoothing
 from mislas.metrics import EvalResult, evaluate_logits
 from mislas.models import Network, ScaledClassifier, TauNormClassifier
 from mislas.stacked import StackedHeads
-from mislas.stages import evaluate_heads, final_evaluation, train_stage1
+from mislas.stages import evaluate_heads_host, final_evaluation_host, train_stage1
 from mislas.streaming import (
     BF16_TEMPERATURE_RTOL,
     StreamingMetrics,
@@ -280,7 +280,7 @@ def test_evaluate_heads_streaming_equals_evaluate_heads(trained) -> None:
     data, model, heads, cfgs = trained
     for split in ("val", "test"):
         got = evaluate_heads_streaming(model, heads, data, split, cfgs, CPU)
-        want = evaluate_heads(model, heads, data, split, cfgs, CPU)
+        want = evaluate_heads_host(model, heads, data, split, cfgs, CPU)
         for g, w in zip(got, want):
             assert_same(g, w)
     assert not math.isnan(got[0].per_class_acc[2])  # test has class 2
@@ -291,7 +291,7 @@ def test_evaluate_heads_streaming_equals_evaluate_heads(trained) -> None:
 def test_final_evaluation_streaming_equals_final_evaluation(trained) -> None:
     data, model, heads, cfgs = trained
     got = final_evaluation_streaming(model, heads, data, cfgs, CPU)
-    want = final_evaluation(model, heads, data, cfgs, CPU)
+    want = final_evaluation_host(model, heads, data, cfgs, CPU)
     for g, w in zip(got, want):
         assert_same(g.val, w.val)
         assert_same(g.test, w.test)
