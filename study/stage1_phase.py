@@ -14,7 +14,8 @@ its own Ray work with its own resources:
   the epoch and mixup sharded per rank (:func:`mislas.stage1.fit_stage1`).
 
 A Ray task for one worker, not a one-worker TorchTrainer: Ray Train's controller costs about
-15 s per run on a 2-core machine (measured with Ray 2.60) and gives one process nothing.
+12 s per run on a quiet 2-core machine (``python -m benchmarks.ray_overheads``, Ray 2.60; more
+under load, docs/study.md) and gives one process nothing.
 
 Resume: every Stage 1 checkpoints each epoch into its cache entry (``stage1.partial.pt``,
 rank 0; uploaded after each epoch when the storage is an object store), so a killed phase
