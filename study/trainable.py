@@ -40,6 +40,7 @@ from ray import tune
 from mislas.atomic import write_atomic
 from mislas.config import TRAINED_METHODS, RunConfig, effective_shift_bn
 from mislas.data import LTData
+from mislas.device import resolve_device
 from mislas.errors import NonFiniteError
 from mislas.records import EpochRecord, StageResult
 from mislas.reference import load_any_stage1
@@ -86,9 +87,9 @@ def trial_device(wanted: str) -> torch.device:
     """The device the trial runs on: the one its config names. A trial given a GPU (``device``
     "cuda", from ``--gpus-per-trial`` > 0) whose torch cannot see CUDA fails with one line
     instead of training on the CPU under a config that says "cuda"."""
-    if wanted == "cuda":
+    if wanted.startswith("cuda"):  # (the config's device rule allows cuda and cuda:N)
         require_cuda("this trial", "--gpus-per-trial 0 (CPU)")
-    return torch.device(wanted)
+    return resolve_device(wanted)  # mislas's one device rule (auto, cpu, cuda[:N], mps)
 
 
 def node_facts() -> dict[str, str | None]:
