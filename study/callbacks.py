@@ -34,6 +34,7 @@ from study.storage import Store
 
 @dataclass(frozen=True)
 class RecordContext:
+    """What the results callback needs to build and write each trial's rows."""
     study: str
     results_location: str
     budget: str
@@ -60,9 +61,12 @@ def _member_files(trial: Any, k: int) -> tuple[MemberOutcome | None, dict[str, A
 
 
 def error_text(trial: Any) -> str:
-    """The last line of a failed trial's error (the exception), for the row: from the study's
+    """Return the last line of a failed trial's error, for its row.
+
+    The last line of a failed trial's error (the exception), for the row: from the study's
     storage, or from the driver's local copy Tune writes first (``Trial.error_file``), which is
-    all there is when the storage is full."""
+    all there is when the storage is full.
+    """
     try:
         text = str(trial.get_error() or "")
     except Exception:  # the error file may be gone
@@ -86,8 +90,11 @@ class ResultsCallback(tune.Callback):
         self._kept_at = 0.0
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
-        """Every half minute, a whole copy of Tune's state (study.resume.keep_whole_state), until
-        one succeeds: Tune uploads its state in the background, so a copy may catch it mid-way."""
+        """Keep a whole copy of Tune's state every half minute, until one succeeds.
+
+        Every half minute, a whole copy of Tune's state (study.resume.keep_whole_state), until
+        one succeeds: Tune uploads its state in the background, so a copy may catch it mid-way.
+        """
         if time.monotonic() - getattr(self, "_kept_at", 0.0) < self.KEEP_EVERY_S:  # (a pickle of an older run)
             return
         try:
@@ -99,9 +106,11 @@ class ResultsCallback(tune.Callback):
             resume.note_storage_fault(self.ctx.results_location)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """Record a trial that completed or was stopped early."""
         self._guarded(trial, None)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """Record a trial that failed after its retries; a full disk stops the study instead."""
         error = error_text(trial)
         if resume.is_no_space(error):  # a full disk is no result of the trial: no row, the study stops
             resume.note_storage_fault(self.ctx.results_location)
@@ -114,8 +123,11 @@ class ResultsCallback(tune.Callback):
             resume.note_storage_fault(self.ctx.results_location)
 
     def _guarded(self, trial: Any, error: str | None) -> None:
-        """Record the trial and keep a whole copy of Tune's state (study.resume); a full disk
-        stops the study (one line from the driver, the rows written before it stay)."""
+        """Record the trial and keep a whole copy of Tune's state; a full disk stops the study.
+
+        Record the trial and keep a whole copy of Tune's state (study.resume); a full disk
+        stops the study (one line from the driver, the rows written before it stay).
+        """
         try:
             if self.record(trial, error=error) and resume.keep_whole_state(Store(self.ctx.results_location)):
                 self._kept_at = time.monotonic()
@@ -125,6 +137,7 @@ class ResultsCallback(tune.Callback):
             resume.note_storage_fault(exc.filename if isinstance(exc.filename, str) else self.ctx.results_location)
 
     def record(self, trial: Any, *, error: str | None) -> bool:
+        """Write the trial's members not yet recorded (then upload the journal); return whether any was."""
         store = Store(self.ctx.results_location)
         spec: TrialSpec = trial.config["spec"]
         ids = spec.member_ids(trial.trial_id)

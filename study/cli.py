@@ -1,4 +1,6 @@
-"""The command line of ``python -m study.run``: argparse does the parsing, :func:`validate` the
+"""Command line of ``python -m study.run``: argument parsing and cross-option validation.
+
+The command line of ``python -m study.run``: argparse does the parsing, :func:`validate` the
 cross-option rules, and both end in exit 2 with one line naming the option, file or key.
 
 Used by study.run (the driver) and study.submit (which checks a study's arguments before
@@ -35,11 +37,13 @@ class UsageParser(argparse.ArgumentParser):
     """argparse, but its errors are one line and exit 2 like every other usage error."""
 
     def error(self, message: str) -> NoReturn:
+        """Print the error on one line and exit with the usage status (2)."""
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 
 def integer(minimum: int) -> Callable[[str], int]:
+    """Return an argparse type that parses an integer >= ``minimum``."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -54,6 +58,7 @@ def integer(minimum: int) -> Callable[[str], int]:
 
 
 def number(minimum: float, *, strict: bool = False) -> Callable[[str], float]:
+    """Return an argparse type that parses a finite number >= ``minimum`` (> with ``strict``)."""
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -87,6 +92,7 @@ def choices_list(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
 
 
 def seed_list(text: str) -> tuple[int, ...]:
+    """Parse a comma-separated list of distinct non-negative seeds."""
     parts = [t.strip() for t in text.split(",") if t.strip()]
     if not parts:
         raise argparse.ArgumentTypeError(f"must list at least one seed, got {text!r}")
@@ -97,6 +103,7 @@ def seed_list(text: str) -> tuple[int, ...]:
 
 
 def trackers(text: str) -> tuple[str, ...]:
+    """Parse a ``--log`` tracker list (study.tracking.parse_trackers) as an argparse type."""
     from study.tracking import parse_trackers
 
     try:
@@ -106,6 +113,7 @@ def trackers(text: str) -> tuple[str, ...]:
 
 
 def study_name(text: str) -> str:
+    """Check a study name: letters, digits and ``. _ + -``, starting with a letter or digit."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", text):
         raise argparse.ArgumentTypeError(f"letters, digits and . _ + - only (not starting with one of them), "
                                          f"got {text!r}")
@@ -113,6 +121,7 @@ def study_name(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of ``python -m study.run``."""
     p = UsageParser(prog="python -m study.run",
                     description="The Ray Tune + Optuna study of MiSLAS's Stage-2 knobs (and its baselines).")
     p.add_argument("--dataset", action="append", required=True, choices=list(DATASETS), metavar="D",

@@ -36,8 +36,11 @@ __all__ = ["ResumePlan", "check_study_json", "journal_spec", "run_study"]
 
 
 def tune_objective(s: StudySettings) -> tuple[str | list[str], str | list[str]]:
-    """The objectives (``s.metric``, ``s.mode``: always tuples) as Tune's ``Searcher`` spells
-    them: a string for one objective, a list for several."""
+    """Return the objectives as Tune's ``Searcher`` spells them.
+
+    The objectives (``s.metric``, ``s.mode``: always tuples) as Tune's ``Searcher`` spells
+    them: a string for one objective, a list for several.
+    """
     if len(s.metric) == 1:
         return s.metric[0], s.mode[0]
     return list(s.metric), list(s.mode)
@@ -117,11 +120,14 @@ def check_study_json(s: StudySettings, results: Store) -> dict[str, Any] | None:
 
 
 def sigterm_as_ctrl_c() -> Any:
-    """SIGTERM handled as Ctrl-C (a scheduler's or ``kill``'s stop): during ``Tuner.fit`` Tune's
+    """Handle SIGTERM as Ctrl-C in the main thread; return the previous handler (None elsewhere).
+
+    SIGTERM handled as Ctrl-C (a scheduler's or ``kill``'s stop): during ``Tuner.fit`` Tune's
     SIGINT handler saves the experiment state and returns, so the summary and the rerun hint
     follow (exit 1); elsewhere it raises KeyboardInterrupt (study.run: rc 1 and the hint).
     Installed after ``ray.init``, whose own SIGTERM handler exits mid-call (a C abort, rc 134).
-    Returns the previous handler."""
+    Returns the previous handler.
+    """
     def handler(signum: int, frame: Any) -> None:
         current = signal.getsignal(signal.SIGINT)
         if callable(current) and current is not signal.default_int_handler:
@@ -135,8 +141,11 @@ def sigterm_as_ctrl_c() -> Any:
 
 
 def resource_problem(s: StudySettings, cluster: dict[str, float]) -> str | None:
-    """Why no trial or Stage-1 worker could be placed on ``cluster`` as it is (None: they can):
-    more CPUs than it has, or GPUs it does not have."""
+    """Say why no trial or Stage-1 worker could be placed on ``cluster``, or None.
+
+    Why no trial or Stage-1 worker could be placed on ``cluster`` as it is (None: they can):
+    more CPUs than it has, or GPUs it does not have.
+    """
     cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
     if s.cpus_per_trial > cpus:
         return f"--cpus-per-trial {s.cpus_per_trial:g}: the Ray cluster has {cpus:g} CPUs, so no trial could start"
@@ -150,12 +159,15 @@ def resource_problem(s: StudySettings, cluster: dict[str, float]) -> str | None:
 
 def check_resources(s: StudySettings, cluster: dict[str, float], *, joined: bool = False,
                     poll_s: float = 2.0) -> None:
-    """Refuse, up front, what the cluster cannot place (Tune would wait forever, warning every
+    """Refuse what the cluster cannot place, or wait for it to grow where asked to.
+
+    Refuse, up front, what the cluster cannot place (Tune would wait forever, warning every
     60 s). The in-process Ray never grows: refused at once. A joined cluster may autoscale, which
     no public Ray API tells: refused at once too, unless ``--wait-for-resources S`` is given;
     then the trial's bundle is requested from the autoscaler (``ray.autoscaler.sdk.request_resources``,
     a no-op on a cluster without one), said in one line, and the cluster's resources are polled
-    until they suffice or S seconds have passed (refused then, one line)."""
+    until they suffice or S seconds have passed (refused then, one line).
+    """
     problem = resource_problem(s, cluster)
     if problem is None:
         return
@@ -196,7 +208,8 @@ def run_study(s: StudySettings, *, fingerprints: dict[str, str] | None = None) -
     """Run (or resume) the study under its driver lock; returns the exit status.
 
     ``fingerprints``: the data sets' fingerprints if the preflight loaded them here (the
-    Stage-1 phase then skips cached Stage 1s without starting a worker)."""
+    Stage-1 phase then skips cached Stage 1s without starting a worker).
+    """
     try:
         storage = Store(s.storage)
     except StorageError as exc:

@@ -88,8 +88,11 @@ class EngineState:
         self._keep(set(self.files.values()) | set(self.previous.values()))
 
     def finish(self, reported: Path) -> None:
-        """The trial ended (final or diverged report next): the work folder and the pointer go, and every file
-        but those the last intermediate report names (the checkpoint Tune keeps beside the final one)."""
+        """Clean up after the trial ended, keeping only the files the last intermediate report names.
+
+        The trial ended (final or diverged report next): the work folder and the pointer go, and every file
+        but those the last intermediate report names (the checkpoint Tune keeps beside the final one).
+        """
         shutil.rmtree(self.work, ignore_errors=True)
         (reported / POINTER).unlink(missing_ok=True)
         self._keep(set(self.files.values()))

@@ -1,4 +1,6 @@
-"""The study's Optuna journal (``optuna.log`` beside the results): where it lives, setting a
+"""The study's Optuna journal: where it lives, checking, rebuilding, uploading and closing orphans.
+
+The study's Optuna journal (``optuna.log`` beside the results): where it lives, setting a
 stale one aside, checking and rebuilding a damaged one, uploading a local copy, closing
 trials a killed driver left RUNNING.
 
@@ -66,8 +68,11 @@ def open_journal(results: Store, local_cache: Path) -> Any:
 
 
 def set_aside_stale(results: Store, local_cache: Path) -> None:
-    """A journal without Tune state is from a driver killed before its first snapshot: its
-    enqueued Table 6 points and asked trials would leak into this run, so it is set aside."""
+    """Set the journal aside as stale (``optuna.log.stale-<stamp>``).
+
+    A journal without Tune state is from a driver killed before its first snapshot: its
+    enqueued Table 6 points and asked trials would leak into this run, so it is set aside.
+    """
     _set_aside(results, local_cache, f".stale-{stamp()}")
 
 
@@ -110,10 +115,13 @@ def close_orphans(results: Store, local_cache: Path, study_names: Iterable[str])
 
 
 def tell_finished(results: Store, local_cache: Path, spec: JournalSpec, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Tell Optuna the end of every RUNNING trial whose row is written (as the searcher would
+    """Tell Optuna the end of every RUNNING trial whose row is written; return how many.
+
+    Tell Optuna the end of every RUNNING trial whose row is written (as the searcher would
     have): a row written again after its part was set aside, by the driver's reconcile step
     rather than by a trial that reported, would otherwise stay RUNNING in a rebuilt journal.
-    Returns how many were told."""
+    Returns how many were told.
+    """
     import optuna
     from optuna.trial import TrialState
 
@@ -181,9 +189,12 @@ STATE_PREFIX, STATE_SUFFIX = "searcher-state-", ".json"  # study.search.StudySea
 
 
 def read_searcher_state(results: Store) -> SearcherState | None:
-    """Tune's newest ``tune/searcher-state-*.json`` (study.search.StudySearcher's JSON state),
+    """Read Tune's newest searcher state of the study, or None.
+
+    Tune's newest ``tune/searcher-state-*.json`` (study.search.StudySearcher's JSON state),
     read without touching the journal. None when there is none or it is not a StudySearcher's;
-    a UsageError when the study's searcher state is an older version's pickle (never unpickled)."""
+    a UsageError when the study's searcher state is an older version's pickle (never unpickled).
+    """
     listed = results.listdir("tune")
     names = sorted(n for n in listed if n.startswith(STATE_PREFIX) and n.endswith(STATE_SUFFIX))
     if not names:
@@ -211,7 +222,8 @@ def retarget_searcher_state(results: Store, state: SearcherState, path: Path) ->
 
     A study folder that was moved keeps the old path in its snapshot (the resumed searcher
     would write another folder's journal); the searcher opens the journal afresh on resume,
-    so a rebuilt journal is read from its start."""
+    so a rebuilt journal is read from its start.
+    """
     saved = dict(state.saved, journal_file=str(path))
     results.write_bytes(json.dumps(saved).encode(), "tune", state.file)
 
@@ -239,8 +251,11 @@ def _record_problem(data: bytes) -> str | None:
 
 
 def _replay(path: Path, spec: JournalSpec) -> tuple[dict[str, dict[int, Any]], int] | str:
-    """The study's trials by study name and number, and the journal's trial count; or what
-    is wrong (records that do not replay, a study missing)."""
+    """Replay the journal: the study's trials and the trial count, or what is wrong.
+
+    The study's trials by study name and number, and the journal's trial count; or what
+    is wrong (records that do not replay, a study missing).
+    """
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -283,9 +298,12 @@ def journal_problem(path: Path, spec: JournalSpec, rows: Iterable[Mapping[str, A
 
 
 def _distributions(space: Any, setting: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The params and distributions Optuna records for ``setting``: the space's define-by-run
+    """Return the params and distributions Optuna records for ``setting``.
+
+    The params and distributions Optuna records for ``setting``: the space's define-by-run
     replayed on an in-memory trial with the setting enqueued (``p`` only for form exp, fixed
-    knobs not at all, ε_K's range up to ε_1)."""
+    knobs not at all, ε_K's range up to ε_1).
+    """
     import optuna
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -316,8 +334,11 @@ def _outcome(row: Mapping[str, Any], spec: JournalSpec, steps: Mapping[int, floa
 
 def _frozen(row: Mapping[str, Any] | None, asked: Asked | None, spec: JournalSpec, dataset: str,
             epochs: Mapping[str, Sequence[tuple[int, float]]]) -> Any:
-    """The trial to add: from the finished row (and what the searcher knew), or RUNNING as asked,
-    or a FAIL placeholder (neither)."""
+    """Build the frozen trial to add for a row, an asked trial, or neither.
+
+    The trial to add: from the finished row (and what the searcher knew), or RUNNING as asked,
+    or a FAIL placeholder (neither).
+    """
     import optuna
     from optuna.trial import TrialState
 
@@ -410,8 +431,11 @@ class _Rebuild:
 def rebuild(path: Path, spec: JournalSpec, rows: Iterable[Mapping[str, Any]],
             epochs: Mapping[str, Sequence[tuple[int, float]]] | None = None,
             state: SearcherState | None = None) -> dict[str, int]:
-    """Write a new journal at ``path`` (which must not exist) from the rows and the searcher
-    state; returns counts of the trials added by kind. Raises ValueError when the two disagree."""
+    """Write a new journal at ``path`` from the rows and the searcher state.
+
+    Write a new journal at ``path`` (which must not exist) from the rows and the searcher
+    state; returns counts of the trials added by kind. Raises ValueError when the two disagree.
+    """
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -435,9 +459,12 @@ def rebuild(path: Path, spec: JournalSpec, rows: Iterable[Mapping[str, Any]],
 
 def check_and_repair(results: Store, local_cache: Path, spec: JournalSpec, rows: Sequence[Mapping[str, Any]],
                      epochs: Mapping[str, Sequence[tuple[int, float]]] | None = None) -> str | None:
-    """On a resume: check the journal (:func:`journal_problem`) and, if it is damaged, set it
+    """Check the journal on a resume and rebuild it if damaged; return the line to print.
+
+    On a resume: check the journal (:func:`journal_problem`) and, if it is damaged, set it
     aside and rebuild it (:func:`rebuild`). Returns the one line to print (None: it was sound);
-    raises :class:`UsageError` with one line when it cannot be rebuilt."""
+    raises :class:`UsageError` with one line when it cannot be rebuilt.
+    """
     path = fetch(results, local_cache)
     state = read_searcher_state(results)
     moved = ""

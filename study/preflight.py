@@ -44,8 +44,11 @@ def check_image_sample(dataset: str, data: LTData) -> None:
 
 
 def check_stage1_checkpoint(path: str, data: LTData, cfg: RunConfig) -> None:
-    """Read the given Stage 1 as every trial will (weights-only; ours: data and recipe checked;
-    the reference's: names and shapes), on the CPU, so a refused file stops the study here."""
+    """Load the given Stage-1 checkpoint on the CPU as every trial will, refusing a bad one.
+
+    Read the given Stage 1 as every trial will (weights-only; ours: data and recipe checked;
+    the reference's: names and shapes), on the CPU, so a refused file stops the study here.
+    """
     import torch
 
     from mislas.reference import load_any_stage1
@@ -73,11 +76,14 @@ def _study_json_problem(text: bytes) -> str | None:
 
 
 def check_storage(s: StudySettings) -> None:
-    """The storage is usable and an existing study's study.json reads back, before Ray starts
+    """Check that the storage is usable and an existing study.json reads back.
+
+    The storage is usable and an existing study's study.json reads back, before Ray starts
     and before anything is written: a file given as ``--storage``, a folder this process cannot
     write (probed by writing, not by its mode) or a damaged study.json is one line, and the
     study folder is left as it is (study.json records the settings a resume is checked against,
-    so a damaged one is never replaced)."""
+    so a damaged one is never replaced).
+    """
     from study.storage import StorageError, Store, write_problem
 
     try:

@@ -46,6 +46,7 @@ class Stage2Setting:
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
+        """Return the setting's field names, in order."""
         return tuple(f.name for f in fields(cls))
 
     @classmethod
@@ -88,6 +89,7 @@ class Stage2Setting:
         return True
 
     def describe(self) -> str:
+        """Describe the setting on one line (``eps_1=..., eps_k=..., ...``)."""
         parts = [f"eps_1={self.eps_1:.3g}", f"eps_k={self.eps_k:.3g}", f"form={self.form}"]
         if self.p is not None:
             parts.append(f"p={self.p:.3g}")
@@ -129,10 +131,12 @@ class TrialSpec:
 
     @property
     def grouped(self) -> bool:
+        """Whether the trial has more than one member."""
         return len(self.members) > 1
 
     @property
     def is_paper_setting(self) -> bool:
+        """Whether any member is the paper's Table 6 setting."""
         return any(m.is_paper_setting for m in self.members)
 
     def member_ids(self, trial_id: str) -> list[str]:

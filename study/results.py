@@ -201,9 +201,12 @@ def _dataset_table(store: Store, name: str, paths: Sequence[str]) -> pa.Table:
 
 
 def _unreadable(store: Store, path: str) -> Exception | None:
-    """Why the Parquet file at ``path`` (on the store's fs) does not read back, or None. Its
+    """Say why the Parquet file at ``path`` does not read back, or None.
+
+    Why the Parquet file at ``path`` (on the store's fs) does not read back, or None. Its
     bytes are fetched first: an I/O error (a store that does not answer) is raised, not taken
-    for a damaged file, so a network failure never sets good parts aside."""
+    for a damaged file, so a network failure never sets good parts aside.
+    """
     with store.fs.open_input_stream(path) as fh:
         data = fh.read()
     try:
@@ -215,8 +218,11 @@ def _unreadable(store: Store, path: str) -> Exception | None:
 
 def set_aside_part(store: Store, trial_id: str, bad: Mapping[str, Exception], present: Sequence[str],
                    say: Callable[[str], None] = _say) -> None:
-    """Rename a part's unreadable files and its commit marker to ``.damaged-<stamp>``: the part
-    is incomplete again, so its row is written again (from the trial's checkpoint)."""
+    """Set aside a part's unreadable files and its commit marker, so its row is written again.
+
+    Rename a part's unreadable files and its commit marker to ``.damaged-<stamp>``: the part
+    is incomplete again, so its row is written again (from the trial's checkpoint).
+    """
     suffix = f".damaged-{stamp()}"
     for file in sorted(set(bad) | ({"trials.parquet"} & set(present))):
         store.set_aside(suffix, PARTS, trial_id, file)
@@ -273,8 +279,11 @@ def _read_checked(store: Store, names: Sequence[str], files: Mapping[str, Mappin
 
 
 def check_parts(store: Store, say: Callable[[str], None] = _say) -> list[str]:
-    """Set aside every complete part with a file that does not read back (a resume does this
-    before Tune restores its trials); returns their row ids."""
+    """Set aside every complete part with a file that does not read back; return their row ids.
+
+    Set aside every complete part with a file that does not read back (a resume does this
+    before Tune restores its trials); returns their row ids.
+    """
     _, damaged = load_parts(store, set_aside=True, say=say)
     return sorted(damaged)
 
@@ -306,11 +315,14 @@ def _scan(store: Store, schema: pa.Schema, paths: Sequence[str]) -> Iterator[pa.
 
 
 def _stream_union(store: Store, name: str, paths: Sequence[str], sink: Any) -> int:
-    """Write the parts' files of table ``name`` to ``sink`` (a local file path) as one Parquet
+    """Stream table ``name`` of the parts into one Parquet file; return its rows.
+
+    Write the parts' files of table ``name`` to ``sink`` (a local file path) as one Parquet
     file, batch by batch; returns its rows. Memory: one row group being built (at most
     :data:`ROW_GROUP_ROWS` rows, its batches combined every :data:`COMPACT_BATCHES`) and the
     scanner's read-ahead, whatever the number of parts. ``trials`` (one row per part) is sorted
-    by start, so it is held whole (10k parts: a few MB)."""
+    by start, so it is held whole (10k parts: a few MB).
+    """
     schema = SCHEMAS[name]
     rows = 0
     pending: list[pa.RecordBatch] = []
@@ -348,14 +360,17 @@ def _find_damaged(store: Store, paths: Mapping[str, str]) -> dict[str, Exception
 
 
 def rebuild_unions(store: Store, names: Sequence[str] = TABLES, say: Callable[[str], None] = _say) -> dict[str, int]:
-    """Write the union tables from the complete parts, streaming: each union is written batch
+    """Write the union tables from the complete parts, streaming; return rows per table.
+
+    Write the union tables from the complete parts, streaming: each union is written batch
     by batch to a temporary file beside it (or, on an object store, a local one then copied up in
     one upload) and renamed over the old one, so memory stays bounded by a row group however
     many parts there are, and a reader sees the old union or the new one. Returns rows per table.
 
     A part with a file that does not read back is set aside (see :func:`set_aside_part`) and
     left out of every union (its rows belong together): the unions are then written again
-    without it."""
+    without it.
+    """
     store.makedirs()
     for _ in range(2):  # a second pass only when damaged parts were found (and set aside)
         files = part_files(store)
@@ -395,9 +410,12 @@ def _commit_union(store: Store, local: str, file: str) -> None:
 
 
 def unions_current(store: Store, files: Mapping[str, Mapping[str, Any]] | None = None) -> bool:
-    """Whether the union tables hold exactly the complete parts: every union file present,
+    """Tell whether the union tables hold exactly the complete parts.
+
+    Whether the union tables hold exactly the complete parts: every union file present,
     ``trials.parquet`` has the complete parts' row ids, and (where the file system keeps
-    times) is no older than any part's ``trials.parquet``."""
+    times) is no older than any part's ``trials.parquet``.
+    """
     if not all(store.exists(f"{name}.parquet") for name in TABLES):
         return False
     files = part_files(store) if files is None else files

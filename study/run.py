@@ -23,6 +23,7 @@ from study.runtime import ClusterError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a study from the command line; return the exit status."""
     try:
         # before anything imports torch (study.cli does): a Python without it, e.g. a job's on a
         # node whose Ray was started from another environment, gets one line, not a traceback

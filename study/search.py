@@ -41,8 +41,11 @@ logger = logging.getLogger(__name__)
 
 
 def make_sampler(seed: int) -> optuna.samplers.TPESampler:
-    """TPE fit for parallel trials: the constant liar keeps concurrent suggestions apart;
-    ``multivariate`` + ``group`` model the conditional ``p`` jointly with the rest."""
+    """Make the study's TPE sampler, fit for parallel trials.
+
+    TPE fit for parallel trials: the constant liar keeps concurrent suggestions apart;
+    ``multivariate`` + ``group`` model the conditional ``p`` jointly with the rest.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True, group=True)
@@ -115,9 +118,12 @@ class MislasOptunaSearch:
         return {**trial.params, **(derived or {})}
 
     def ask(self) -> Asked:
-        """One Optuna ask with the space sampled on it, for no Tune trial yet (:meth:`adopt` gives
+        """Ask Optuna for a trial and sample the space on it, for no Tune trial yet.
+
+        One Optuna ask with the space sampled on it, for no Tune trial yet (:meth:`adopt` gives
         it one). Runs in the ask-ahead thread too: Optuna's storages lock their own state, and the
-        asks of one study are made in one thread at a time."""
+        asks of one study are made in one thread at a time.
+        """
         trial = self.study.ask()
         derived = self.space(trial)
         return Asked(trial, trial_storage_id(self.storage, self.study_name, trial.number),
@@ -137,6 +143,7 @@ class MislasOptunaSearch:
         trial.report(result[self.metrics[0]], result["training_iteration"])
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        """Tell Optuna how the trial ended (COMPLETE, PRUNED or FAIL) and set its status attr."""
         trial = self.ot_trial(trial_id)
         if trial is None or trial_id in self.completed:
             logger.warning("Optuna search %s: trial %s is not open (already told, or not asked here)",
@@ -177,7 +184,8 @@ class MislasOptunaSearch:
         """Continue from :meth:`get_state` on ``storage`` (the journal, checked and rebuilt first).
 
         The sampler is seeded from the first seed and the number of trials asked so far: a
-        resumed search does not draw the first trials' settings again."""
+        resumed search does not draw the first trials' settings again.
+        """
         if state["study_name"] != self.study_name:
             raise ValueError(f"searcher state of Optuna study {state['study_name']!r}, not {self.study_name!r}")
         self.trial_ids = {tid: int(t["trial_id"]) for tid, t in state["trials"].items()}
@@ -194,8 +202,11 @@ def _nan(v: Any) -> bool:
 
 
 def _status(result: Mapping[str, Any] | None, error: bool) -> str:
-    """A finished member's status: failed (an error), diverged (as its row), not_run (removed while
-    pending), complete (``final = 1``: it ran all its epochs) or stopped_early (the scheduler stopped it)."""
+    """Return a finished member's status from its last result.
+
+    A finished member's status: failed (an error), diverged (as its row), not_run (removed while
+    pending), complete (``final = 1``: it ran all its epochs) or stopped_early (the scheduler stopped it).
+    """
     if error or (result is not None and int(result.get("failed", 0) or 0) == 1):  # (a replayed failed row)
         return "failed"
     if result is not None and int(result.get("diverged", 0) or 0) == 1:
@@ -279,6 +290,7 @@ class StudySearcher(Searcher):
         return best
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        """Return the next trial's spec (confirm, fixed or MiSLAS group), None for not now, or FINISHED."""
         confirm = self._suggest_confirm(trial_id)
         if confirm is not None:
             return {"spec": confirm}
@@ -306,7 +318,8 @@ class StudySearcher(Searcher):
         are written to the journal by the same thread, after the asks, and kept in
         ``attrs`` until then (the searcher's state reads them from there). A study interrupted
         with a group asked ahead leaves those Optuna trials RUNNING and never run: they are
-        marked FAIL (orphaned) when the study ends (study.journal.close_orphans)."""
+        marked FAIL (orphaned) when the study ends (study.journal.close_orphans).
+        """
         searcher = self.searchers[stream]
         j = self.trials_issued[stream]
         n = min(self.group_size, self.n_trials[stream] - self.issued[stream])
@@ -345,8 +358,11 @@ class StudySearcher(Searcher):
         return {"ray_trial_id": mid, "group_id": group_id, "seed": seed, "is_paper_setting": is_paper}
 
     def _ask_member(self, stream: str, j: int, k: int, mid: str | None) -> Asked:
-        """Member ``k`` of group ``j``: the Table 6 setting enqueued first in its paper slot
-        (member 0 of the first ``len(seeds)`` groups); ``mid`` given: adopted by that row id."""
+        """Ask the Optuna trial of member ``k`` of group ``j``.
+
+        Member ``k`` of group ``j``: the Table 6 setting enqueued first in its paper slot
+        (member 0 of the first ``len(seeds)`` groups); ``mid`` given: adopted by that row id.
+        """
         searcher = self.searchers[stream]
         paper_slot = k == 0 and j < len(self.seeds)
         if paper_slot and (mid is None or searcher.ot_trial(mid) is None):  # (not again on a re-ask)
@@ -382,8 +398,11 @@ class StudySearcher(Searcher):
             self._ahead[stream] = (j, self._pool().submit(self._ask_group, stream, j, n))
 
     def _asked_ahead(self, stream: str, j: int) -> list[Asked] | None:
-        """Group ``j``'s asks if they are made (an error in them is raised here), else None,
-        starting them if they were not."""
+        """Return group ``j``'s asks made ahead, or None while they are pending.
+
+        Group ``j``'s asks if they are made (an error in them is raised here), else None,
+        starting them if they were not.
+        """
         if stream in self._ahead and self._ahead[stream][0] != j:  # (asked for another group: not used)
             del self._ahead[stream]
         self._ask_ahead(stream)
@@ -394,19 +413,23 @@ class StudySearcher(Searcher):
         return future.result()
 
     def close(self) -> None:
-        """Wait for the ask-ahead thread's work (asks and row ids) and stop the thread; asks made
-        ahead stay for their group (a later group starts a new thread)."""
+        """Wait for the ask-ahead thread's work and stop the thread.
+
+        Wait for the ask-ahead thread's work (asks and row ids) and stop the thread; asks made
+        ahead stay for their group (a later group starts a new thread).
+        """
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
 
     def __getstate__(self) -> dict[str, Any]:
-        """(Tune may copy its searcher: the thread and its futures stay behind.)"""
+        """Return the state to copy, without the ask-ahead thread and its futures (Tune may copy its searcher)."""
         state = dict(self.__dict__)
         state.update(_executor=None, _ahead={}, _attr_jobs={})
         return state
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Forward an ungrouped MiSLAS trial's result to its data set's search."""
         stream = self.owner.get(trial_id)
         ids = self.members.get(trial_id, [])
         if stream is not None and len(ids) == 1:
@@ -414,6 +437,7 @@ class StudySearcher(Searcher):
             self.searchers[stream].on_trial_result(ids[0], member_result(result, 0) or {})
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        """Tell each member's search how it ended and keep its validation score for --confirm-best."""
         stream = self.owner.get(trial_id)
         if stream is None or stream.startswith(CONFIRM_PREFIX):
             return
@@ -429,9 +453,12 @@ class StudySearcher(Searcher):
         self.search_open[stream].discard(trial_id)
 
     def _suggest_confirm(self, trial_id: str) -> TrialSpec | None:
-        """The next --confirm-best trial: the best setting on validation (highest mean val acc,
+        """Return the next ``--confirm-best`` trial, or None.
+
+        The next --confirm-best trial: the best setting on validation (highest mean val acc,
         then lowest mean val ECE: the report's rule, study.reporting.comparison) on one more seed,
-        once every searched trial of its data set has ended."""
+        once every searched trial of its data set has ended.
+        """
         for d, seeds in self.confirm_pending.items():
             if not seeds or self.issued[d] < self.n_trials[d] or self.search_open[d]:
                 continue
@@ -454,8 +481,11 @@ class StudySearcher(Searcher):
     CKPT_FILE_TMPL = "searcher-state-{}.json"  # Tune's name for the file (Searcher.save_to_dir)
 
     def get_state(self) -> dict[str, Any]:
-        """What changes as trials are asked and end, as JSON; what the settings fix (spaces,
-        seeds, the fixed trials, ...) is built again from them, as Tune restores the searcher."""
+        """Return the searcher's changing state as JSON.
+
+        What changes as trials are asked and end, as JSON; what the settings fix (spaces,
+        seeds, the fixed trials, ...) is built again from them, as Tune restores the searcher.
+        """
         def setting(s: Stage2Setting | None) -> dict[str, Any] | None:
             return None if s is None else s.columns()
 
@@ -472,8 +502,11 @@ class StudySearcher(Searcher):
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`get_state`; the Optuna studies are opened on ``journal_file``
-        (which study.journal checks, rebuilds and retargets before Tune restores this)."""
+        """Continue from a state saved by :meth:`get_state`.
+
+        Continue from :meth:`get_state`; the Optuna studies are opened on ``journal_file``
+        (which study.journal checks, rebuilds and retargets before Tune restores this).
+        """
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a StudySearcher state of format {STATE_FORMAT} (format {state.get('format')!r})")
         if set(state["searchers"]) != set(self.searchers):
@@ -497,9 +530,11 @@ class StudySearcher(Searcher):
         self.confirmed = {d: None if s is None else setting(s) for d, s in state["confirmed"].items()}
 
     def save(self, checkpoint_path: str) -> None:
+        """Write the searcher's state (:meth:`get_state`) as JSON to ``checkpoint_path``."""
         Path(checkpoint_path).write_text(json.dumps(self.get_state()))
 
     def restore(self, checkpoint_path: str) -> None:
+        """Continue from the JSON state in ``checkpoint_path``."""
         self.set_state(read_state(Path(checkpoint_path)))
 
 
@@ -569,6 +604,7 @@ class GroupedASHA(FIFOScheduler):
         self.stopped = dict.fromkeys(self.asha, 0)
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        """Keep the metric and mode given at construction; return True so that Tune accepts them."""
         return True
 
     def _sub(self, trial: Any) -> str | None:
@@ -583,12 +619,14 @@ class GroupedASHA(FIFOScheduler):
         return d if d is not None and trial.trial_id in self.added[d] else None
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        """Hand a searched trial to its data set's ASHA."""
         d = self._sub(trial)
         if d is not None:
             self.asha[d].on_trial_add(tune_controller, trial)
             self.added[d].add(trial.trial_id)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        """Let the trial's data set's ASHA decide whether it goes on; other trials continue."""
         d = self._known(trial)
         if d is None:
             return TrialScheduler.CONTINUE
@@ -597,16 +635,19 @@ class GroupedASHA(FIFOScheduler):
         return action
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
+        """Tell the trial's data set's ASHA that it completed."""
         d = self._known(trial)
         if d is not None:
             self.asha[d].on_trial_complete(tune_controller, trial, result)
             self.added[d].discard(trial.trial_id)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        """Tell the trial's data set's ASHA that it was removed."""
         d = self._known(trial)
         if d is not None:
             self.asha[d].on_trial_remove(tune_controller, trial)
             self.added[d].discard(trial.trial_id)
 
     def debug_string(self) -> str:
+        """Say how many trials each data set's ASHA stopped (Tune's status line)."""
         return "Using AsyncHyperBand per data set: " + ", ".join(f"{d} stopped {n}" for d, n in self.stopped.items())

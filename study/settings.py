@@ -146,6 +146,7 @@ class StudySettings:
         return tuple(OBJECTIVES[o][1] for o in self.objectives)
 
     def imb_for(self, dataset: str) -> float | None:
+        """Return the imbalance factor β for ``dataset`` (None for list data sets, which have their own)."""
         return imb_for(dataset, self.imb_factor)
 
     def epochs_planned(self) -> dict[str, dict[str, int]]:

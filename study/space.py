@@ -35,8 +35,11 @@ from study.records import Stage2Setting
 
 
 def _space_dir() -> Path:
-    """The folder of the shipped space files: the ``search_spaces`` package (package data of the
-    wheel, or the repository folder of that name when run from a checkout)."""
+    """Return the folder of the shipped search-space files.
+
+    The folder of the shipped space files: the ``search_spaces`` package (package data of the
+    wheel, or the repository folder of that name when run from a checkout).
+    """
     try:
         return Path(str(resources.files("search_spaces")))
     except ModuleNotFoundError:  # a partial copy of the code: the folder beside study/
@@ -59,9 +62,11 @@ class FloatParam:
     fixed: bool = False
 
     def contains(self, value: float) -> bool:
+        """Whether ``value`` lies in [low, high] (to within 1e-12)."""
         return self.low - 1e-12 <= value <= self.high + 1e-12
 
     def describe(self) -> str:
+        """Describe the range (or the fixed value) in a few words."""
         if self.fixed:
             return f"fixed {self.low:g}"
         return f"[{self.low:g}, {self.high:g}]" + (" log" if self.log else "")
@@ -75,12 +80,15 @@ class ChoiceParam:
 
     @property
     def fixed(self) -> bool:
+        """Whether there is only one choice."""
         return len(self.choices) == 1
 
     def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one of the choices, of the same type."""
         return any(value == c and type(value) is type(c) for c in self.choices)
 
     def describe(self) -> str:
+        """Describe the choices (or the fixed one) in a few words."""
         return f"fixed {self.choices[0]!r}" if self.fixed else "{" + ", ".join(map(str, self.choices)) + "}"
 
 
@@ -148,12 +156,14 @@ class SearchSpace:
         return names
 
     def describe(self) -> dict[str, str]:
+        """Describe each parameter's range or choices, by name."""
         return {name: getattr(self, name).describe() for name in PARAM_KEYS}
 
 
 # --- loading and validation ---------------------------------------------------------------
 
 def default_space_file(dataset: str) -> Path:
+    """Return the shipped search-space file of ``dataset``."""
     return SPACE_DIR / f"{dataset}.yaml"
 
 
@@ -200,6 +210,7 @@ def load_space(path: str | Path, *, dataset: str | None = None, table6: Stage2Se
 
 def parse_space(raw: Any, *, where: str, dataset: str | None = None,
                 table6: Stage2Setting | None = None) -> SearchSpace:
+    """Validate a parsed space file and build its SearchSpace; a problem is one UsageError line."""
     if not isinstance(raw, Mapping):
         raise UsageError(f"{where}: must be a mapping of keys ({', '.join(ALLOWED_KEYS)}), got {type(raw).__name__}")
     for key in raw:

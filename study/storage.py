@@ -43,6 +43,7 @@ class LockHeld(StorageError):
 
 
 def is_uri(location: str) -> bool:
+    """Whether ``location`` is a URI (a ``file://`` one counts as a local path)."""
     return "://" in location and not location.startswith("file://")
 
 
@@ -54,9 +55,12 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def write_problem(folder: str | os.PathLike[str]) -> str | None:
-    """Why nothing can be written in the local ``folder`` or below it, or None. Checked by
+    """Say why nothing can be written in the local ``folder``, or None.
+
+    Why nothing can be written in the local ``folder`` or below it, or None. Checked by
     writing (and removing) a probe file in the deepest folder that exists: its mode alone does
-    not say (root writes where the mode forbids; a read-only mount refuses root too)."""
+    not say (root writes where the mode forbids; a read-only mount refuses root too).
+    """
     path = Path(folder)
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -120,6 +124,7 @@ class Store:
         return posixpath.join(self.root, *parts) if parts else self.root
 
     def local_path(self, *parts: str) -> Path:
+        """Return the local path of ``parts``; ValueError on a store that is not local."""
         if not self.local:
             raise ValueError(f"{self.location} is not a local folder")
         return Path(self.path(*parts))
@@ -133,9 +138,11 @@ class Store:
 
     # -- queries --------------------------------------------------------------------------
     def exists(self, *parts: str) -> bool:
+        """Whether ``parts`` exists on the store."""
         return bool(self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound)
 
     def listdir(self, *parts: str) -> list[str]:
+        """Return the sorted names in folder ``parts`` (none when it is not a folder)."""
         info = self.fs.get_file_info(self.path(*parts))
         if info.type != pafs.FileType.Directory:
             return []
@@ -157,12 +164,14 @@ class Store:
         return info.mtime if info.type == pafs.FileType.File else None
 
     def read_bytes(self, *parts: str) -> bytes:
+        """Return the bytes of file ``parts``."""
         with self.fs.open_input_stream(self.path(*parts)) as fh:
             data: bytes = fh.read()
         return data
 
     # -- writes ---------------------------------------------------------------------------
     def makedirs(self, *parts: str) -> None:
+        """Create folder ``parts`` and its parents."""
         self.fs.create_dir(self.path(*parts), recursive=True)
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
@@ -184,8 +193,11 @@ class Store:
             pass
 
     def set_aside(self, suffix: str, *parts: str) -> str:
-        """Rename a file to ``<name><suffix>`` beside it (a copy and a delete on an object
-        store); returns the new location as a user would type it."""
+        """Rename a file to ``<name><suffix>`` beside it; return its new location.
+
+        Rename a file to ``<name><suffix>`` beside it (a copy and a delete on an object
+        store); returns the new location as a user would type it.
+        """
         new = [*parts[:-1], parts[-1] + suffix]
         if self.local:
             os.replace(self.path(*parts), self.path(*new))
@@ -195,9 +207,11 @@ class Store:
         return self.uri(*new)
 
     def upload(self, local: Path, *parts: str) -> None:
+        """Copy the local file ``local`` to ``parts``, atomically."""
         self.write_bytes(Path(local).read_bytes(), *parts)
 
     def download(self, local: Path, *parts: str) -> None:
+        """Copy file ``parts`` to the local path ``local``, atomically."""
         data = self.read_bytes(*parts)
         write_atomic(local, data)
 

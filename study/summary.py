@@ -91,6 +91,7 @@ def _fmt(b: dict[str, Any]) -> str:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    """Format the study summary as the text the driver prints at the end."""
     t = summary["trials"]
     lines = [f"\n== study {summary['study']}: {t['total']} trials ({t['finished']} complete, "
              f"{t['stopped_early']} stopped early by ASHA, {t['failed']} failed, {t['diverged']} diverged) =="]

@@ -80,14 +80,18 @@ class TrialContext:
 
 
 def planned_epochs(cfg: RunConfig) -> int:
+    """Return the Stage-2 epochs of the config's method (0 for the methods that do not train)."""
     return int(cfg.stage2.epochs) if cfg.stage2.method in TRAINED_METHODS else 0
 
 
 def trial_device(wanted: str) -> torch.device:
-    """The device the trial runs on: the one its config names. A trial given a GPU (``device``
+    """Return the device the trial's config names, refusing CUDA that torch cannot see.
+
+    The device the trial runs on: the one its config names. A trial given a GPU (``device``
     "cuda", from ``--gpus-per-trial`` > 0) whose torch cannot see CUDA fails with one line
-    instead of training on the CPU under a config that says "cuda"."""
-    if wanted.startswith("cuda"):  # (the config's device rule allows cuda and cuda:N)
+    instead of training on the CPU under a config that says "cuda".
+    """
+    if wanted.startswith("cuda"):  # (the config\'s device rule allows cuda and cuda:N)
         require_cuda("this trial", "--gpus-per-trial 0 (CPU)")
     return resolve_device(wanted)  # mislas's one device rule (auto, cpu, cuda[:N], mps)
 
@@ -121,8 +125,11 @@ def _test_metrics(test: dict[str, Any]) -> dict[str, Any]:
 
 
 def stored_report(written: Mapping[str, Mapping[str, Any]], ids: Sequence[str]) -> dict[str, Any]:
-    """The report of a trial whose rows are already written, from what the driver's resume
-    plan told it (study.resume.ResumePlan.reports): the trial does not read the parts."""
+    """Build the report of a trial whose rows are already written.
+
+    The report of a trial whose rows are already written, from what the driver's resume
+    plan told it (study.resume.ResumePlan.reports): the trial does not read the parts.
+    """
     members = [{k: v for k, v in written[mid].items() if k not in ("epochs_run", "complete")} for mid in ids]
     final = all(written[mid]["complete"] for mid in ids)
     epoch = min(int(written[mid]["epochs_run"]) for mid in ids)
@@ -174,8 +181,11 @@ class _TrialRun:
             results.write_table_local(tbl, self.folders[k] / f"{name}.parquet")
 
     def _report(self, metrics: dict[str, Any]) -> None:
-        """``metrics`` with the work folder as the checkpoint: the members' files and the engine's pointer
-        (:mod:`study.engine_state`), kilobytes; the Stage-2 state itself stays in the study's store."""
+        """Report ``metrics`` to Tune with the work folder as the checkpoint.
+
+        ``metrics`` with the work folder as the checkpoint: the members' files and the engine's pointer
+        (:mod:`study.engine_state`), kilobytes; the Stage-2 state itself stays in the study's store.
+        """
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(self.work)))
 
     # -- the run ---------------------------------------------------------------------------
@@ -210,7 +220,9 @@ class _TrialRun:
         self._finish(data, res, outcomes, time.perf_counter() - t_s2)
 
     def _stage1(self, cfg: RunConfig, data: LTData, device: torch.device) -> tuple[Any, str, Stage1Entry, float]:
-        """Stage 1 from the shared cache, where the driver's Stage-1 phase (study.stage1_phase)
+        """Load the trial's Stage 1: the given checkpoint or the shared cache's entry.
+
+        Stage 1 from the shared cache, where the driver's Stage-1 phase (study.stage1_phase)
         put it before the trials started. Should the entry be gone (e.g. set aside as damaged
         since), a single-process Stage 1 is trained here under the entry's lock (others wait
         and reuse it); a data-parallel one only the phase trains, so the trial fails naming it.
@@ -273,8 +285,11 @@ class _TrialRun:
         reported = [min(len(r) for r in records)]  # a resumed trial reported its earlier epochs
 
         def on_epoch(k: int, record: EpochRecord) -> None:
-            """Report (and checkpoint) epoch e once, when the last member finishes it: members of
-            one sub-group arrive one after the other, sub-groups run one after the other."""
+            """Record member ``k``'s epoch, and report the epoch once the last member finishes it.
+
+            Report (and checkpoint) epoch e once, when the last member finishes it: members of
+            one sub-group arrive one after the other, sub-groups run one after the other.
+            """
             records[k].append(asdict(record))
             epoch = min(len(r) for r in records)
             if epoch >= self.planned or epoch <= reported[0]:
@@ -344,8 +359,11 @@ class _TrialRun:
 
 def final_tables(trial_id: str, data: LTData, cfg: RunConfig, res: StageResult, *,
                  keep_predictions: bool = False) -> dict[str, Any]:
-    """A finished member's epochs, classes, reliability, confidence and (``keep_predictions``:
-    per test image) predictions tables (from its StageResult)."""
+    """Build a finished member's result tables from its StageResult.
+
+    A finished member's epochs, classes, reliability, confidence and (``keep_predictions``:
+    per test image) predictions tables (from its StageResult).
+    """
     splits = class_splits(data.class_counts, cfg.eval.split_rule)
     epsilon = res.extras.get("epsilon")
     return {

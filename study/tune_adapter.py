@@ -39,8 +39,11 @@ from optuna.trial import FrozenTrial
 
 @contextmanager
 def quiet_optuna() -> Iterator[None]:
-    """Silence Optuna's INFO logs ("A new study created...") and warnings while the journal is
-    replayed or rebuilt (study.journal) or read by the report (study.reporting)."""
+    """Silence Optuna's INFO logs and warnings within the block.
+
+    Silence Optuna's INFO logs ("A new study created...") and warnings while the journal is
+    replayed or rebuilt (study.journal) or read by the report (study.reporting).
+    """
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
