@@ -91,7 +91,7 @@ def trial_device(wanted: str) -> torch.device:
     "cuda", from ``--gpus-per-trial`` > 0) whose torch cannot see CUDA fails with one line
     instead of training on the CPU under a config that says "cuda".
     """
-    if wanted.startswith("cuda"):  # (the config\'s device rule allows cuda and cuda:N)
+    if wanted.startswith("cuda"):  # (the config's device rule allows cuda and cuda:N)
         require_cuda("this trial", "--gpus-per-trial 0 (CPU)")
     return resolve_device(wanted)  # mislas's one device rule (auto, cpu, cuda[:N], mps)
 
