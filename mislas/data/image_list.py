@@ -94,8 +94,8 @@ def _split(root: Path, paths: tuple[str, ...], labels: np.ndarray, list_file: Pa
     return FileListSplit(root=root, paths=paths, labels=torch.from_numpy(labels.astype(np.int64)), list_file=list_file)
 
 
-def load_image_list_lt(spec: DatasetSpec, data_root: Path | None, opts: LoadOptions) -> LTData:
-    """Read the split lists of an image-list data set (no image is opened)."""
+def _check_options(spec: DatasetSpec, data_root: Path | None, opts: LoadOptions) -> Path:
+    """Refuse the options an image-list data set does not take; return its data root."""
     for arg in ("imb_factor", "n_max"):
         if getattr(opts, arg) is not None:
             raise UsageError(
@@ -106,55 +106,55 @@ def load_image_list_lt(spec: DatasetSpec, data_root: Path | None, opts: LoadOpti
                          f"evaluated on its whole test list")
     if opts.download:
         raise UsageError(f"{spec.name} cannot be downloaded; pass --data-root to a folder holding {spec.train_list}")
-    held_out_val = spec.val_list is None
-    if not held_out_val and opts.val_per_class is not None:
+    if spec.val_list is not None and opts.val_per_class is not None:
         raise UsageError(
             f"val_per_class applies only to data sets whose val split is held out; "
             f"{spec.name} has the val list {spec.val_list}"
         )
+    if spec.val_list is None and opts.val_list is not None:
+        raise UsageError(f"{spec.name} has no val list (its val split is held out from the train list); drop val_list")
     if data_root is None:
         raise UsageError(f"{spec.name} needs a data root: pass --data-root to the folder holding {spec.train_list}")
     root = Path(data_root)
     if not root.is_dir():
         raise UsageError(f"data root {root} does not exist or is not a folder")
+    return root
+
+
+def _train_and_val(spec: DatasetSpec, root: Path, opts: LoadOptions, train_file: Path, train_paths: tuple[str, ...],
+                   train_labels: np.ndarray) -> tuple[FileListSplit, FileListSplit, dict[str, object]]:
+    """The train and val splits, and what defines val: its own list, or held out of the train list."""
+    k = spec.num_classes
+    if spec.val_list is not None:
+        val_file = resolve_list(root, opts.val_list, spec.val_list)
+        val_paths, val_labels, val_hash = read_image_list(val_file, k)
+        return (_split(root, train_paths, train_labels, train_file), _split(root, val_paths, val_labels, val_file),
+                {"val_list_sha256": val_hash})
+    per_class = spec.default_val_per_class if opts.val_per_class is None else opts.val_per_class
+    assert per_class is not None
+    everything = np.arange(train_labels.size)
+    val_idx = holdout_balanced(train_labels, everything, k, per_class, opts.seed, keep_at_least=INAT_KEEP_AT_LEAST)
+    keep = np.ones(train_labels.size, dtype=bool)
+    keep[val_idx] = False
+    train_idx = np.flatnonzero(keep)
+    val = _split(root, tuple(train_paths[i] for i in val_idx), train_labels[val_idx], train_file)
+    train = _split(root, tuple(train_paths[i] for i in train_idx), train_labels[train_idx], train_file)
+    return train, val, {"held_out_per_class": int(per_class), "seed": int(opts.seed)}
+
+
+def load_image_list_lt(spec: DatasetSpec, data_root: Path | None, opts: LoadOptions) -> LTData:
+    """Read the split lists of an image-list data set (no image is opened)."""
+    root = _check_options(spec, data_root, opts)
     assert spec.train_list is not None and spec.test_list is not None
     train_file = resolve_list(root, opts.train_list, spec.train_list)
     test_file = resolve_list(root, opts.test_list, spec.test_list)
     train_paths, train_labels, train_hash = read_image_list(train_file, spec.num_classes)
     test_paths, test_labels, test_hash = read_image_list(test_file, spec.num_classes)
+    train, val, val_def = _train_and_val(spec, root, opts, train_file, train_paths, train_labels)
     k = spec.num_classes
-    if held_out_val:
-        if opts.val_list is not None:
-            raise UsageError(
-                f"{spec.name} has no val list (its val split is held out from the train list); drop val_list"
-            )
-        per_class = spec.default_val_per_class if opts.val_per_class is None else opts.val_per_class
-        assert per_class is not None
-        everything = np.arange(train_labels.size)
-        val_idx = holdout_balanced(train_labels, everything, k, per_class, opts.seed, keep_at_least=INAT_KEEP_AT_LEAST)
-        keep = np.ones(train_labels.size, dtype=bool)
-        keep[val_idx] = False
-        train_idx = np.flatnonzero(keep)
-        val = _split(root, tuple(train_paths[i] for i in val_idx), train_labels[val_idx], train_file)
-        train = _split(root, tuple(train_paths[i] for i in train_idx), train_labels[train_idx], train_file)
-        val_def: dict[str, object] = {"held_out_per_class": int(per_class), "seed": int(opts.seed)}
-    else:
-        assert spec.val_list is not None
-        val_file = resolve_list(root, opts.val_list, spec.val_list)
-        val_paths, val_labels, val_hash = read_image_list(val_file, k)
-        val = _split(root, val_paths, val_labels, val_file)
-        train = _split(root, train_paths, train_labels, train_file)
-        val_def = {"val_list_sha256": val_hash}
     counts = np.bincount(train.labels.numpy(), minlength=k)
-    fp = fingerprint(
-        {
-            "name": spec.name,
-            "class_counts": counts.tolist(),
-            "train_list_sha256": train_hash,
-            "test_list_sha256": test_hash,
-            **val_def,
-        }
-    )
+    fp = fingerprint({"name": spec.name, "class_counts": counts.tolist(), "train_list_sha256": train_hash,
+                      "test_list_sha256": test_hash, **val_def})
     return LTData(
         name=spec.name,
         num_classes=k,
