@@ -140,28 +140,55 @@ def _newton_beta(grad_curv: Callable[[float], tuple[float, float]]) -> tuple[flo
     if g == 0.0:
         return beta, passes
     passes += 1
+    start = _bracket(grad_curv, lo, hi, beta, g, h)
+    if isinstance(start, float):
+        return start, passes
+    return _newton_steps(grad_curv, start, passes)
+
+
+class _NewtonStart(NamedTuple):
+    """The bracket ``(lo, hi)`` in β and the point Newton starts from, with its gradient and curvature."""
+
+    lo: float
+    hi: float
+    beta: float
+    g: float
+    h: float
+
+
+def _bracket(grad_curv: Callable[[float], tuple[float, float]], lo: float, hi: float, beta: float, g: float,
+             h: float) -> float | _NewtonStart:
+    """Test the bound the gradient at β points to: that bound if the NLL still falls there, else the start.
+
+    One ``grad_curv`` evaluation, at the bound. The bracket becomes (β, bound) or (bound, β);
+    Newton starts at the bound instead of β when the bound's Newton step is the shorter.
+    """
     if g < 0.0:  # the root is above β = 1, or beyond the small-T bound
         far = hi
         g_far, h_far = grad_curv(far)
         if g_far <= 0.0:
-            return hi, passes  # NLL still falling at the smallest T
+            return hi  # NLL still falling at the smallest T
         lo = beta
     else:
         far = lo
         g_far, h_far = grad_curv(far)
         if g_far >= 0.0:
-            return lo, passes  # NLL still falling at the largest T
+            return lo  # NLL still falling at the largest T
         hi = beta
     if abs(g_far) * beta * h < abs(g) * far * h_far:  # the bound's Newton step is the shorter: start there
         beta, g, h = far, g_far, h_far
+    return _NewtonStart(lo, hi, beta, g, h)
+
+
+def _newton_steps(grad_curv: Callable[[float], tuple[float, float]], start: _NewtonStart,
+                  passes: int) -> tuple[float, int]:
+    """Newton steps on log β from ``start``, bisecting when a step leaves the bracket; β and the passes."""
+    lo, hi, beta, g, h = start
     for _ in range(_MAX_ITER):
         step = -g / (beta * h) if h > 0.0 else math.nan  # Newton on log β: d g / d log β = β h
         if abs(step) <= _LOG_T_STEP_TOL:
             return min(max(beta * math.exp(step), lo), hi), passes
-        nxt = beta * math.exp(max(-_MAX_LOG_STEP, min(_MAX_LOG_STEP, step))) if h > 0.0 else math.nan
-        if not lo < nxt < hi:  # also catches NaN
-            nxt = math.sqrt(lo * hi)
-        beta = nxt
+        beta = _next_beta(beta, h, step, lo, hi)
         g, h = grad_curv(beta)
         passes += 1
         if g == 0.0:
@@ -173,6 +200,17 @@ def _newton_beta(grad_curv: Callable[[float], tuple[float, float]]) -> tuple[flo
         if hi / lo - 1.0 <= _LOG_T_STEP_TOL:
             return math.sqrt(lo * hi), passes
     return beta, passes
+
+
+def _next_beta(beta: float, h: float, step: float, lo: float, hi: float) -> float:
+    """The Newton step's β (log step capped at :data:`_MAX_LOG_STEP`), or the bracket's geometric midpoint.
+
+    The midpoint replaces a step that would leave (lo, hi) or is NaN (no positive curvature).
+    """
+    nxt = beta * math.exp(max(-_MAX_LOG_STEP, min(_MAX_LOG_STEP, step))) if h > 0.0 else math.nan
+    if not lo < nxt < hi:  # also catches NaN
+        nxt = math.sqrt(lo * hi)
+    return nxt
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -94,8 +94,11 @@ def evaluate_heads_host(backbone: Network, heads: Sequence[nn.Module], data: LTD
 
 def final_evaluation_host(backbone: Network, heads: Sequence[nn.Module], data: LTData, cfgs: Sequence[RunConfig],
                           device: torch.device) -> list[FinalEvaluation]:
-    """:func:`final_evaluation` by the host path: val and test logits of every head on the host, their
-    metrics, and temperature scaling fitted on val (:mod:`mislas.calibration`)."""
+    """Compute the final evaluation of every head by the host path.
+
+    :func:`final_evaluation` by the host path: val and test logits of every head on the host, their
+    metrics, and temperature scaling fitted on val (:mod:`mislas.calibration`).
+    """
     ref = cfgs[0]
     val_logits, val_labels = predict_heads(backbone, heads, eval_batches(data, "val", ref, device), device,
                                            ref.channels_last)
@@ -134,4 +137,5 @@ class Features(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the backbone's features of ``x``."""
         return self.model.features(x)

@@ -132,9 +132,11 @@ class LabelAwareSmoothing(nn.Module):
 
     @property
     def num_classes(self) -> int:
+        """Number of classes K (one ε per class)."""
         return int(self.epsilon.numel())
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean label-aware smoothed cross-entropy of ``logits`` [B, K] against ``labels`` [B]."""
         k = self.num_classes
         if logits.ndim != 2 or logits.shape[1] != k:
             raise ValueError(f"logits must have shape [B, {k}], got {tuple(logits.shape)}")
@@ -154,6 +156,7 @@ class LabelAwareSmoothing(nn.Module):
         return loss.mean()
 
     def extra_repr(self) -> str:
+        """The loss's settings, shown by ``repr``."""
         return (
             f"form={self.form!r}, eps_1={self.eps_1}, eps_k={self.eps_k}, p={self.p}, "
             f"target={self.target!r}, num_classes={self.num_classes}"

@@ -31,6 +31,7 @@ class Targets:
     lam: float = 1.0
 
     def loss(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+        """The batch loss under ``fn``: λ-weighted over both label sets with mixup, else ``fn(logits, y)``."""
         if self.y_b is None:
             return fn(logits, self.y)
         return self.lam * fn(logits, self.y) + (1.0 - self.lam) * fn(logits, self.y_b)
@@ -46,6 +47,7 @@ class EpochStats:
 
     @property
     def loss(self) -> float:
+        """The first (or only) model's mean training loss."""
         return self.losses[0]
 
 

@@ -18,8 +18,11 @@ class Mixup:
     """
 
     def __init__(self, alpha: float, seed: int, stream: int = 0) -> None:
-        """``stream``: a data-parallel rank; each rank draws its own λ and pairs (as the
-        reference's per-process ``mixup_data``), rank 0 the single-process draws."""
+        """Seed the λ and pairing generators of one mixup stream.
+
+        ``stream``: a data-parallel rank; each rank draws its own λ and pairs (as the
+        reference's per-process ``mixup_data``), rank 0 the single-process draws.
+        """
         if not (alpha > 0 and math.isfinite(alpha)):
             raise ValueError(f"alpha > 0 must hold, got alpha={alpha}")
         self.alpha = alpha
@@ -29,6 +32,7 @@ class Mixup:
         self.gen = torch.Generator().manual_seed(seed)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """Mix a batch with a random permutation of itself; returns (mixed x, y, partners' y, λ)."""
         lam = float(self.rng.beta(self.alpha, self.alpha))
         perm = torch.randperm(x.shape[0], generator=self.gen)
         if x.device.type == "cuda":  # a pageable host->device copy would wait for the GPU every step

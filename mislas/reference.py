@@ -84,10 +84,12 @@ def is_mislas_payload(payload: Mapping[str, Any]) -> bool:
 
 
 def is_reference_payload(payload: Mapping[str, Any]) -> bool:
+    """Whether ``payload`` holds the reference's model and classifier sections."""
     return MODEL in payload and CLASSIFIER in payload
 
 
 def describe_keys(payload: Mapping[str, Any]) -> str:
+    """The payload's keys, sorted, the first eight (``...`` after them if more), for error messages."""
     keys = sorted(str(k) for k in payload)
     return ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
 
@@ -105,9 +107,11 @@ class ReferenceCheckpoint:
 
     @property
     def stage(self) -> int:
+        """The stage the checkpoint comes from: 2 when it has an LWS section, else 1."""
         return 2 if self.lws is not None else 1
 
     def section(self, name: str) -> dict[str, torch.Tensor] | None:
+        """The state dict of the named section (None where the checkpoint has none)."""
         return {MODEL: self.model, CLASSIFIER: self.classifier, BLOCK: self.block, LWS: self.lws}[name]
 
 
@@ -146,6 +150,7 @@ def reference_from_payload(path: Path | str, payload: Mapping[str, Any]) -> Refe
 
 
 def read_reference_checkpoint(path: Path | str) -> ReferenceCheckpoint:
+    """Read a checkpoint file written by the reference implementation."""
     return reference_from_payload(path, read_checkpoint_file(path))
 
 

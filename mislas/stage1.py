@@ -57,8 +57,11 @@ def train_stage1(
     on_epoch: OnEpoch | None = None,
     progress: bool = True,
 ) -> StageResult:
-    """Train (or resume, or reuse) Stage 1 in this process and evaluate it;
-    ``checkpoint_dir/stage1.pt`` when finished."""
+    """Run Stage 1 and return its evaluated result.
+
+    Train (or resume, or reuse) Stage 1 in this process and evaluate it;
+    ``checkpoint_dir/stage1.pt`` when finished.
+    """
     final = Path(checkpoint_dir) / checkpoint.STAGE1 if checkpoint_dir else None
     if final is not None and final.exists():
         log(progress, f"[stage1] reusing {final}")
@@ -157,7 +160,9 @@ def fit_stage1(
     on_epoch: OnEpoch | None = None,
     progress: bool = True,
 ) -> tuple[Network, list[EpochRecord]]:
-    """Stage 1's training loop (resumed from ``checkpoint_dir/stage1.partial.pt`` if there);
+    """Run Stage 1's training loop and return the model and its epoch records.
+
+    Stage 1's training loop (resumed from ``checkpoint_dir/stage1.partial.pt`` if there);
     writes ``checkpoint_dir/stage1.pt`` at the end. No evaluation (:func:`train_stage1` adds it).
 
     Inside a ``torch.distributed`` process group each process is one rank of a data-parallel

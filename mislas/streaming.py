@@ -175,6 +175,7 @@ class StreamingMetrics:
 
     @property
     def num_samples(self) -> int:
+        """Number of samples added so far."""
         return sum(int(y.shape[0]) for y in self._labels)
 
     @torch.no_grad()

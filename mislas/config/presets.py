@@ -114,6 +114,7 @@ def reference_config(dataset: str, imb_factor: float | None = None) -> RunConfig
 
 
 def preset_config(preset: str, dataset: str, imb_factor: float | None = None) -> RunConfig:
+    """The run config of a named preset (paper, reference or smoke) for ``dataset``."""
     if preset == "paper":
         return paper_config(dataset, imb_factor)
     if preset == "reference":

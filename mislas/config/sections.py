@@ -259,6 +259,7 @@ class RunConfig:
         _bool("channels_last", self.channels_last)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as nested plain dicts (:func:`dataclasses.asdict`)."""
         return dataclasses.asdict(self)
 
 

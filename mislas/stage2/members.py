@@ -40,6 +40,7 @@ class Stage2Member:
     records: list[EpochRecord] = field(default_factory=list)
 
     def lr_of(self, name: str) -> float:
+        """The lr of the param group called ``name`` (NaN when there is none)."""
         for group in self.optimizer.param_groups:
             if group.get("name") == name:
                 return float(group["lr"])
@@ -51,6 +52,7 @@ class Stage2Member:
         return (clf_lr if math.isnan(lr) else lr), clf_lr
 
     def trained(self) -> list[torch.Tensor]:
+        """Every parameter the optimizer trains."""
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
 

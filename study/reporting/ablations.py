@@ -22,8 +22,11 @@ HEATMAP_BINS = 6
 
 
 def mislas_trials(group: GroupKey, trials: pd.DataFrame) -> pd.DataFrame:
-    """The group's searched MiSLAS trials (every status): the component-ablation variants are
-    fixed rows of their own table (study.reporting.components), never part of these analyses."""
+    """Select the group's searched MiSLAS trials.
+
+    The group's searched MiSLAS trials (every status): the component-ablation variants are
+    fixed rows of their own table (study.reporting.components), never part of these analyses.
+    """
     return trials[group.mask(trials) & (trials["method"] == "mislas") & trials["variant"].isna()]
 
 

@@ -49,7 +49,9 @@ def _write(path: Path, text: str) -> Path:
 
 def build_report(study_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                  formats: Sequence[str] = FORMATS) -> ReportResult:
-    """Make the report of the study in ``study_dir`` (a folder or a storage URI, kept a string so
+    """Build the report of a study and write it in the requested formats.
+
+    Make the report of the study in ``study_dir`` (a folder or a storage URI, kept a string so
     that ``s3://b/k`` is not made a path) under the local folder ``out_dir``.
 
     Raises :class:`study.reporting.load.NoStudyError` when ``study_dir`` has no trials.parquet and

@@ -1,4 +1,6 @@
-"""Calibration views per comparison row: reliability bins (Figs. 9–12), weight norms (Figs. 13–14),
+"""Calibration figures and tables for the rows of the method comparison.
+
+Calibration views per comparison row: reliability bins (Figs. 9–12), weight norms (Figs. 13–14),
 the calibration metrics (classwise / adaptive ECE, Brier, ECE per class split) and the
 distribution of the top-label confidence per class split (the paper's violin plot, as boxes).
 
@@ -26,8 +28,11 @@ QUANTILES = tuple(key for key, _ in CONFIDENCE_QUANTILES)
 
 @dataclass(frozen=True)
 class Reliability:
-    """Test-split reliability bins pooled over a row's trials: counts summed, accuracy and
-    confidence count-weighted (so pooling equals one diagram of all their test images)."""
+    """Reliability diagram of one comparison row.
+
+    Test-split reliability bins pooled over a row's trials: counts summed, accuracy and
+    confidence count-weighted (so pooling equals one diagram of all their test images).
+    """
 
     label: str
     n_trials: int
@@ -101,9 +106,12 @@ def norm_panels(table: ComparisonTable, classes: pd.DataFrame) -> NormPanels:
 
 @dataclass(frozen=True)
 class CalibrationMetrics:
-    """Test-split calibration metrics per comparison row, mean over seeds (each seed's trials
+    """Test-split calibration metrics per comparison row.
+
+    Test-split calibration metrics per comparison row, mean over seeds (each seed's trials
     averaged first). "+TS" rows hold the temperature-scaled value where the study records one
-    (ECE, classwise / adaptive ECE, Brier) and NaN otherwise (ECE per class split)."""
+    (ECE, classwise / adaptive ECE, Brier) and NaN otherwise (ECE per class split).
+    """
 
     stats: pd.DataFrame  # index: row label; n_seeds, <Metric>_mean, <Metric>_std per CALIBRATION_METRICS
     best: dict[str, tuple[str, ...]]  # metric label -> rows with the lowest mean
@@ -136,9 +144,12 @@ def calibration_metrics(table: ComparisonTable, trials: pd.DataFrame) -> Calibra
 
 @dataclass(frozen=True)
 class ConfidenceBoxes:
-    """The test-split top-label confidence over the samples whose true class is Many / Medium /
+    """Test-split top-label confidence statistics per class split for one comparison row.
+
+    The test-split top-label confidence over the samples whose true class is Many / Medium /
     Few, for one comparison row: count-weighted means over the row's trials of each stored
-    statistic (exact for the mean; for the quantiles the average of the trials' quantiles)."""
+    statistic (exact for the mean; for the quantiles the average of the trials' quantiles).
+    """
 
     label: str
     n_trials: int
@@ -146,7 +157,7 @@ class ConfidenceBoxes:
     accuracy: dict[str, float]  # class split -> the row's test top-1 (%), mean over seeds
 
     def bxp_stats(self) -> list[dict[str, object]]:
-        """matplotlib ``Axes.bxp`` dicts, whiskers at the 5th / 95th percentiles, no fliers."""
+        """Matplotlib ``Axes.bxp`` dicts, whiskers at the 5th / 95th percentiles, no fliers."""
         return [{"label": split, "med": row["q50"], "q1": row["q25"], "q3": row["q75"], "whislo": row["q05"],
                  "whishi": row["q95"], "mean": row["mean"], "fliers": []} for split, row in self.stats.iterrows()]
 

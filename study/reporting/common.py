@@ -119,17 +119,23 @@ def complete_trials(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def searched(trials: pd.DataFrame) -> pd.DataFrame:
-    """Every row but the fixed component-ablation variants (``variant`` set): searched MiSLAS
+    """Drop the fixed component-ablation variants from the trials.
+
+    Every row but the fixed component-ablation variants (``variant`` set): searched MiSLAS
     settings, the paper setting and the baselines. Variants never enter the method comparison
-    or the analyses of the searched settings."""
+    or the analyses of the searched settings.
+    """
     return trials[trials["variant"].isna()]
 
 
 def seed_stats(rows: pd.DataFrame, metrics: Sequence[Metric],
                column_of: Mapping[str, str] | None = None) -> dict[str, object]:
-    """``n_seeds`` and, per metric, ``<label>_mean`` / ``<label>_std`` over seeds: each seed's
+    """Seed count and per-metric mean and standard deviation over seeds.
+
+    ``n_seeds`` and, per metric, ``<label>_mean`` / ``<label>_std`` over seeds: each seed's
     rows averaged first (a seed run twice does not count twice), std with ddof=1 (NaN for one
-    seed). ``column_of`` reads a metric from another column (e.g. its temperature-scaled one)."""
+    seed). ``column_of`` reads a metric from another column (e.g. its temperature-scaled one).
+    """
     column_of = column_of or {}
     columns = list(dict.fromkeys(column_of.get(m.column, m.column) for m in metrics))
     per_seed = rows.groupby("seed", dropna=False)[columns].mean()
@@ -143,8 +149,11 @@ def seed_stats(rows: pd.DataFrame, metrics: Sequence[Metric],
 
 def best_labels(stats: pd.DataFrame, metrics: Sequence[Metric],
                 candidates: Mapping[str, Iterable[str]] | None = None) -> dict[str, tuple[str, ...]]:
-    """Per metric, the rows (index labels) holding the best mean: highest accuracy, lowest ECE/NLL.
-    ``candidates`` limits a metric to some rows (default: every row)."""
+    """Find, per metric, the rows holding the best mean.
+
+    Per metric, the rows (index labels) holding the best mean: highest accuracy, lowest ECE/NLL.
+    ``candidates`` limits a metric to some rows (default: every row).
+    """
     best: dict[str, tuple[str, ...]] = {}
     for metric in metrics:
         values = stats[f"{metric.label}_mean"].dropna() if f"{metric.label}_mean" in stats else pd.Series()

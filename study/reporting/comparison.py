@@ -87,10 +87,13 @@ class BestSetting:
 
 @dataclass(frozen=True)
 class ComparisonTable:
-    """One group's comparison. ``stats`` is indexed by row label, with columns ``n_seeds``,
+    """One group's method comparison table.
+
+    One group's comparison. ``stats`` is indexed by row label, with columns ``n_seeds``,
     ``<Metric>_mean``, ``<Metric>_std`` (for "+TS" rows ECE and NLL are the temperature-scaled
     ones), ``T_mean``, ``T_std`` (the temperature; NaN on uncalibrated rows), ``ts`` and
-    ``published_<Metric>``, ``published_source``. ``specs`` gives each row's spec, in order."""
+    ``published_<Metric>``, ``published_source``. ``specs`` gives each row's spec, in order.
+    """
 
     group: GroupKey
     stats: pd.DataFrame
@@ -101,6 +104,7 @@ class ComparisonTable:
 
     @property
     def has_ts(self) -> bool:
+        """Whether the table has temperature-scaled ("+TS") rows."""
         return any(spec.ts for spec in self.specs.values())
 
     def labels(self, *, ts: bool = False) -> tuple[str, ...]:
@@ -111,7 +115,8 @@ class ComparisonTable:
 def select_best_setting(mislas: pd.DataFrame) -> tuple[BestSetting | None, pd.DataFrame]:
     """Pick the tuned setting on validation; returns it and its trials (all seeds).
 
-    ``mislas`` must hold searched settings only (no component-ablation variant)."""
+    ``mislas`` must hold searched settings only (no component-ablation variant).
+    """
     scored = mislas.dropna(subset=["val_acc"])
     if scored.empty:
         return None, scored.iloc[0:0]
@@ -135,9 +140,12 @@ def select_best_setting(mislas: pd.DataFrame) -> tuple[BestSetting | None, pd.Da
 
 def confirmed_best(trials: pd.DataFrame, chosen: BestSetting | None,
                    chosen_rows: pd.DataFrame) -> tuple[BestSetting | None, pd.DataFrame]:
-    """The --confirm-best rows (``variant`` best_on_val: the chosen setting rerun on every seed)
+    """Return the confirmed best setting and its rows, else the chosen ones.
+
+    The --confirm-best rows (``variant`` best_on_val: the chosen setting rerun on every seed)
     when the study has them, else the searched rows of the chosen setting. The confirmed rows
-    are the honest "best tuned" figure: one row per seed, each trained after the choice."""
+    are the honest "best tuned" figure: one row per seed, each trained after the choice.
+    """
     rows = complete_trials(trials[trials["variant"].astype(object) == CONFIRM_VARIANT])
     if rows.empty:
         return chosen, chosen_rows

@@ -33,6 +33,7 @@ class Variant:
 
     @property
     def known(self) -> bool:
+        """Whether the name or the rows say every component's state."""
         return self.mixup is not None and self.shift_bn is not None and self.las is not None
 
     @property
@@ -41,8 +42,11 @@ class Variant:
         return int(self.mixup is False) + int(self.shift_bn is False) + int(self.las not in (None, "las"))
 
     def sort_key(self) -> tuple[int, int, bool, bool, int, str]:
-        """All on first; then one component off (mixup, shift BN, LAS, LAS → uniform LS), two, ...;
-        plain+ce last; names the report cannot read after every known one, by name."""
+        """Sort key of the ablation rows: all components on first, unknown names last.
+
+        All on first; then one component off (mixup, shift BN, LAS, LAS → uniform LS), two, ...;
+        plain+ce last; names the report cannot read after every known one, by name.
+        """
         if not self.known:
             return (1, 0, False, False, 0, self.name)
         assert self.las is not None
@@ -66,8 +70,11 @@ def _flag(rows: pd.DataFrame, column: str) -> bool | None:
 
 
 def parse_variant(name: str, rows: pd.DataFrame | None = None) -> Variant:
-    """The components of ``name`` (``mixup+shift_bn+las``); what the name does not say is read
-    from the rows (``mixup``, ``shift_bn``, ε_1 / ε_K) when given."""
+    """Parse an ablation variant's components from its name (and rows).
+
+    The components of ``name`` (``mixup+shift_bn+las``); what the name does not say is read
+    from the rows (``mixup``, ``shift_bn``, ε_1 / ε_K) when given.
+    """
     tokens = name.split("+")
     mixup = next((STAGE1[t] for t in tokens if t in STAGE1), None)
     las = next((t for t in tokens if t in LAS_STATES), None)
@@ -83,8 +90,11 @@ def parse_variant(name: str, rows: pd.DataFrame | None = None) -> Variant:
 
 @dataclass(frozen=True)
 class ComponentTable:
-    """One group's ablation rows. ``stats`` is indexed by variant name (in ``variants`` order) with
-    ``n_seeds``, ``n_runs`` (rows of every status) and ``<Metric>_mean`` / ``<Metric>_std``."""
+    """One group's component-ablation table.
+
+    One group's ablation rows. ``stats`` is indexed by variant name (in ``variants`` order) with
+    ``n_seeds``, ``n_runs`` (rows of every status) and ``<Metric>_mean`` / ``<Metric>_std``.
+    """
 
     group: GroupKey
     variants: tuple[Variant, ...]

@@ -35,6 +35,7 @@ class DisplayTable:
 
     @property
     def grouped(self) -> bool:
+        """Whether any column has a group (a two-row header)."""
         return any(group for group, _ in self.columns)
 
     def cell(self, label: str, column: tuple[str, str]) -> str:
@@ -68,6 +69,8 @@ class FigureArt:
 
 @dataclass(frozen=True)
 class Heading:
+    """A section heading of the report."""
+
     level: int
     text: str
     anchor: str
@@ -75,17 +78,23 @@ class Heading:
 
 @dataclass(frozen=True)
 class Para:
+    """A paragraph of the report; ``note`` marks an aside."""
+
     text: str
     note: bool = False  # rendered as an aside (missing data, things not computed)
 
 
 @dataclass(frozen=True)
 class TableBlock:
+    """A table in the report."""
+
     table: DisplayTable
 
 
 @dataclass(frozen=True)
 class FigureBlock:
+    """A figure in the report."""
+
     art: FigureArt
 
 
@@ -102,8 +111,10 @@ class Document:
 
     @property
     def figures(self) -> tuple[FigureArt, ...]:
+        """The report's figures, in order."""
         return tuple(b.art for b in self.blocks if isinstance(b, FigureBlock))
 
     @property
     def tables(self) -> tuple[DisplayTable, ...]:
+        """The report's tables, in order."""
         return tuple(b.table for b in self.blocks if isinstance(b, TableBlock))

@@ -114,6 +114,7 @@ def comparison_display(table: ComparisonTable, recorded: RecordedEval | None = N
 
 
 def comparison_section(groups: tuple[GroupTables, ...]) -> list[Block]:
+    """Report section 1: the method comparison of every group."""
     blocks: list[Block] = [Heading(2, "1. Method comparison", "comparison")]
     for g in groups:
         blocks.append(Heading(3, g.group.label, f"comparison-{g.group.slug}"))
@@ -162,8 +163,11 @@ def _signed(value: object, digits: int) -> str:
 
 
 def paired_display(key: str, table: PairedTable, what: str) -> DisplayTable:
-    """Per row: its difference from the reference by seed (mean [95 % t interval]) and the
-    bootstrap interval over test images, per metric."""
+    """Display table of a paired comparison against the reference row.
+
+    Per row: its difference from the reference by seed (mean [95 % t interval]) and the
+    bootstrap interval over test images, per metric.
+    """
     rows = []
     for label, r in table.stats.iterrows():
         cells = [str(label), str(int(r["n_seeds"]))]
@@ -183,6 +187,7 @@ def paired_display(key: str, table: PairedTable, what: str) -> DisplayTable:
 
 
 def paired_section(groups: tuple[GroupTables, ...]) -> list[Block]:
+    """Report section 1b: paired differences against MiSLAS per group."""
     blocks: list[Block] = [Heading(2, "1b. Paired differences against MiSLAS", "paired")]
     shown = False
     for g in groups:
@@ -201,6 +206,7 @@ def paired_section(groups: tuple[GroupTables, ...]) -> list[Block]:
 
 
 def component_section(groups: tuple[GroupTables, ...]) -> list[Block]:
+    """Report section 2: the component ablation of every group."""
     blocks: list[Block] = [Heading(2, "2. Component ablation (test split)", "components")]
     if not any(g.components is not None for g in groups):
         return blocks + [Para("No component-ablation rows (trials.parquet `variant`) in this study: run it with "
@@ -238,6 +244,7 @@ def _listing(key: str, caption: str, frame: pd.DataFrame) -> list[Block]:
 
 
 def status_section(t: ReportTables) -> list[Block]:
+    """Report section 0: trial counts by status and the trials that did not complete."""
     s = t.status
     blocks: list[Block] = [Heading(2, "0. Trials", "trials")]
     blocks.append(TableBlock(table_from_frame(
@@ -262,6 +269,7 @@ def status_section(t: ReportTables) -> list[Block]:
 
 
 def provenance_section(t: ReportTables) -> list[Block]:
+    """Report section 5: study timeline, recorded code and machines, and the study's settings."""
     blocks: list[Block] = [Heading(2, "5. Provenance", "provenance")]
     if not t.timeline.empty:
         blocks.append(figure_block("study-timeline", plots.timeline_png(t.timeline),

@@ -110,6 +110,7 @@ def _ablation_blocks(g: GroupTables) -> list[Block]:
 
 
 def ablation_section(groups: tuple[GroupTables, ...]) -> list[Block]:
+    """Report section 3: the hyperparameter ablations of every group."""
     blocks: list[Block] = [Heading(2, "3. Hyperparameter ablations (validation split)", "ablations")]
     for g in groups:
         blocks += _ablation_blocks(g)
@@ -148,6 +149,7 @@ CONFIDENCE_CAPTION = (
 
 
 def calibration_section(groups: tuple[GroupTables, ...]) -> list[Block]:
+    """Report section 4: calibration tables and figures of every group."""
     blocks: list[Block] = [Heading(2, "4. Calibration (test split)", "calibration")]
     for g in groups:
         slug = g.group.slug

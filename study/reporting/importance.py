@@ -76,8 +76,11 @@ def column_name(param: str) -> str:
 
 
 def studies_for(group_mislas: pd.DataFrame, info: OptunaInfo, study: str, dataset: str) -> list[optuna.Study]:
-    """The Optuna studies that sampled this group's trials: those named in the rows'
-    ``optuna_study`` column, else ``NAME:dataset`` (one study per data set), else ``NAME``."""
+    """Find the Optuna studies that sampled this group's trials.
+
+    The Optuna studies that sampled this group's trials: those named in the rows'
+    ``optuna_study`` column, else ``NAME:dataset`` (one study per data set), else ``NAME``.
+    """
     named = group_mislas["optuna_study"].dropna().unique() if "optuna_study" in group_mislas else []
     candidates = list(named) or [f"{study}:{dataset}", study]
     found = [info.studies[n] for n in candidates if n in info.studies]
@@ -107,9 +110,12 @@ def _frame_study(done: pd.DataFrame, space: dict[str, BaseDistribution]) -> optu
 
 
 def importances(done: pd.DataFrame, info: OptunaInfo, studies: list[optuna.Study]) -> Importances:
-    """PED-ANOVA importances of the tuned parameters for each objective over ``done`` (complete
+    """Compute PED-ANOVA importances of the tuned parameters.
+
+    PED-ANOVA importances of the tuned parameters for each objective over ``done`` (complete
     MiSLAS trials of one group) in the space of ``studies``; nothing is computed without a
-    study or with too few trials."""
+    study or with too few trials.
+    """
     evaluator = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator)"
     if not info.studies:
         return Importances(None, 0, evaluator, info.note)

@@ -49,8 +49,11 @@ class NoStudyError(Exception):
 
 
 class DamagedStudyError(NoStudyError):
-    """A table the report needs does not read back, or is not one of ours (its columns), and no
-    complete part holds its rows: one line naming the file (``study.report`` exits 2)."""
+    """A table of the study is damaged and no complete part holds its rows.
+
+    A table the report needs does not read back, or is not one of ours (its columns), and no
+    complete part holds its rows: one line naming the file (``study.report`` exits 2).
+    """
 
 
 # the columns without which a file is not the study's table of that name (a table written by an
@@ -60,8 +63,11 @@ KEY_COLUMNS = {"trials": ("trial_id", "dataset", "method", "status")}
 
 @dataclass(frozen=True)
 class OptunaInfo:
-    """The persisted Optuna studies (the study runner keeps one per data set, ``NAME:dataset``, in
-    one journal), or why there are none; RUNNING trials listed for partial studies."""
+    """The persisted Optuna studies, or why there are none.
+
+    The persisted Optuna studies (the study runner keeps one per data set, ``NAME:dataset``, in
+    one journal), or why there are none; RUNNING trials listed for partial studies.
+    """
 
     studies: dict[str, optuna.Study]
     note: str
@@ -96,8 +102,11 @@ def _with_columns(frame: pd.DataFrame, file: str, columns: tuple[str, ...], note
 
 
 def _read_table(store: Store, file: str, columns: tuple[str, ...], notes: list[str]) -> pd.DataFrame:
-    """A Parquet table with at least ``columns``; empty (with a note) if the file is absent;
-    :class:`DamagedStudyError` if it does not read back or lacks its table's key columns."""
+    """Read one Parquet table of the study.
+
+    A Parquet table with at least ``columns``; empty (with a note) if the file is absent;
+    :class:`DamagedStudyError` if it does not read back or lacks its table's key columns.
+    """
     if not store.exists(file):
         notes.append(f"{file} not found: the sections that need it are left out.")
         return pd.DataFrame({name: pd.Series(dtype=object) for name in columns})
@@ -118,8 +127,11 @@ def _read_table(store: Store, file: str, columns: tuple[str, ...], notes: list[s
 
 
 def _read_tables(store: Store, notes: list[str]) -> dict[str, pd.DataFrame]:
-    """The five tables: the unions if they are current (or there are no parts), else ``parts/``
-    (also where a union is damaged but complete parts hold its rows)."""
+    """Read the study's five tables, from the unions or from the parts.
+
+    The five tables: the unions if they are current (or there are no parts), else ``parts/``
+    (also where a union is damaged but complete parts hold its rows).
+    """
     files = results.part_files(store)
     ids = results.complete_parts(store, files)
     wanted = {name: schema.columns(name) for name in schema.TABLES}
@@ -196,8 +208,11 @@ def _in_memory_copy(study: optuna.Study) -> optuna.Study:
 
 
 def load_optuna(root: Path | str | Store) -> OptunaInfo:
-    """Open every study in ``optuna.log``, read-only: a copy of the file is opened, so the live
-    study's lock is never taken and a read-only results folder (or an object store) works."""
+    """Load the study's Optuna journal without taking its lock.
+
+    Open every study in ``optuna.log``, read-only: a copy of the file is opened, so the live
+    study's lock is never taken and a read-only results folder (or an object store) works.
+    """
     store = root if isinstance(root, Store) else Store(root)
     if not store.exists("optuna.log"):
         return OptunaInfo({}, "optuna.log not found")
@@ -224,9 +239,12 @@ def load_optuna(root: Path | str | Store) -> OptunaInfo:
 
 
 def load_study(root: Path | str | os.PathLike[str] | Store) -> StudyData:
-    """Load a study (a folder, a storage URI or a :class:`Store`); :class:`NoStudyError` when it
+    """Load a study from a folder, a storage URI or a :class:`Store`.
+
+    Load a study (a folder, a storage URI or a :class:`Store`); :class:`NoStudyError` when it
     holds neither ``trials.parquet`` nor a complete part. A URI that cannot be opened raises
-    :class:`study.storage.StorageError`."""
+    :class:`study.storage.StorageError`.
+    """
     store = root if isinstance(root, Store) else Store(root)
     if not store.exists(TRIALS_FILE) and not results.complete_parts(store):
         where = store.uri()

@@ -47,8 +47,11 @@ PAIRED_METRICS = (PairedMetric("Acc", "test_acc", 2), PairedMetric("ECE", "test_
 
 @dataclass(frozen=True)
 class PairedTable:
-    """Rows against ``reference``: ``stats`` indexed by row label with ``n_seeds`` and, per metric
-    label M, ``M_mean``, ``M_lo``, ``M_hi`` (by seed) and ``M_boot_lo``, ``M_boot_hi``."""
+    """Paired differences of each row against a reference row.
+
+    Rows against ``reference``: ``stats`` indexed by row label with ``n_seeds`` and, per metric
+    label M, ``M_mean``, ``M_lo``, ``M_hi`` (by seed) and ``M_boot_lo``, ``M_boot_hi``.
+    """
 
     reference: str
     stats: pd.DataFrame
@@ -77,8 +80,11 @@ def seed_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
 
 def resampled_metrics(correct: np.ndarray, confidence: np.ndarray, nll: np.ndarray, idx: np.ndarray,
                       n_bins: int) -> dict[str, np.ndarray]:
-    """Accuracy (%), ECE (%, equal-width bins (lo, hi], a confidence of 0 in bin 0) and mean NLL
-    of each resample (rows of ``idx``), as the study's metrics define them."""
+    """Compute accuracy, ECE and NLL of each bootstrap resample.
+
+    Accuracy (%), ECE (%, equal-width bins (lo, hi], a confidence of 0 in bin 0) and mean NLL
+    of each resample (rows of ``idx``), as the study's metrics define them.
+    """
     b, n = idx.shape
     corr = correct[idx].astype(np.float64)
     conf = confidence[idx].astype(np.float64)
@@ -101,8 +107,11 @@ def _predictions(predictions: pd.DataFrame, trial_id: str) -> pd.DataFrame | Non
 
 def paired_table(trials: pd.DataFrame, predictions: pd.DataFrame, row_ids: Mapping[str, Sequence[str]],
                  reference: str, *, n_boot: int = N_BOOT, n_bins: int = DEFAULT_N_BINS) -> PairedTable | None:
-    """Every row of ``row_ids`` (label -> its trials) but ``reference`` against ``reference``;
-    None when the reference has no trials."""
+    """Compare every row against the reference row, by seed and by bootstrap.
+
+    Every row of ``row_ids`` (label -> its trials) but ``reference`` against ``reference``;
+    None when the reference has no trials.
+    """
     ref = _by_seed(trials, row_ids.get(reference, ()))
     if not ref:
         return None

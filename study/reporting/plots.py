@@ -212,10 +212,13 @@ def norms_png(panels: NormPanels) -> bytes:
 
 
 def confidence_png(boxes: tuple[ConfidenceBoxes, ...]) -> bytes:
-    """The paper's violin plot of the predicted probability per class split, as box plots drawn
+    """Plot the top-label confidence per class split as box plots (PNG bytes).
+
+    The paper's violin plot of the predicted probability per class split, as box plots drawn
     from stored quantiles (``Axes.bxp``): one panel per split (Many / Medium / Few, by the
     sample's true class), one box per row; whiskers at the 5th / 95th percentiles, white dot the
-    mean, red × the row's accuracy on that split (confidence above it: over-confident)."""
+    mean, red × the row's accuracy on that split (confidence above it: over-confident).
+    """
     splits = [s for s in CLASS_SPLITS if any(s in b.stats.index for b in boxes)]
     panel = 0.55 * len(boxes) + 1.4
     if len(boxes) <= 6:  # panels side by side

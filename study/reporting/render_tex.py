@@ -27,7 +27,7 @@ def tex_escape(text: str) -> str:
 
 
 def table_tex(t: DisplayTable) -> str:
-    """One booktabs table; grouped headers become \\multicolumn, bold cells \\textbf."""
+    r"""One booktabs table; grouped headers become \multicolumn, bold cells \textbf."""
     if t.grouped:
         columns = pd.MultiIndex.from_tuples([(tex_escape(g), tex_escape(n)) for g, n in t.columns])
     else:

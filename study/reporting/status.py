@@ -31,6 +31,7 @@ class StatusSummary:
 
     @property
     def n_running(self) -> int:
+        """Number of Optuna trials still running."""
         return len(self.running)
 
 
