@@ -11,7 +11,7 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
   { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null; } \
     || echo "[test] chromium could not be installed; the report rendering test will be skipped"
 fi
-echo "[test] ruff check"
+echo "[test] ruff check (lint, complexity C90, docstrings D; pyproject.toml)"
 .venv/bin/ruff check .
 echo "[test] mypy (mislas and study strict; pyproject.toml)"
 .venv/bin/python -m mypy mislas study
