@@ -16,20 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from mislas.config import EvalConfig
-from mislas.metrics import (
-    EvalResult,
-    SampleOutcomes,
-    adaptive_ece,
-    confidence_by_split,
-    ece_mce,
-    per_class_accuracy,
-    reliability_bins,
-    split_accuracy,
-    split_ece,
-)
+from mislas.metrics import EvalResult
 from mislas.metrics.binned import _bin_upper
 from mislas.metrics.inputs import _check_n_bins
-from mislas.metrics.result import _percent
+from mislas.metrics.result import result_from_outcomes
 
 # Cells (member × row × class) per chunk of the float64 work: the temporaries stay near
 # 21 bytes × this (float32 softmax, the float64 cast and softmax, a mask), 22 MB on the CPU and
@@ -201,31 +191,7 @@ class StreamingMetrics:
 
 def _result(e: EvalConfig, labels: np.ndarray, conf: np.ndarray, preds: np.ndarray, nll: np.ndarray,
             counts: np.ndarray, k: int, *, classwise: float, brier_sum: float) -> EvalResult:
-    """The tail of :func:`mislas.metrics.evaluate_logits`: every field from the N-vectors and the sums."""
-    n = int(labels.shape[0])
-    correct = preds == labels
-    n_bins = e.n_bins
-    ece, mce = ece_mce(conf, correct, n_bins=n_bins)
-    pca = 100.0 * per_class_accuracy(preds, labels, k)
-    splits = split_accuracy(pca, counts, split_rule=e.split_rule)
-    s_ece = split_ece(conf, correct, labels, counts, n_bins=n_bins, split_rule=e.split_rule)
-    return EvalResult(
-        acc=100.0 * float(correct.mean()),
-        acc_many=splits["many"],
-        acc_medium=splits["medium"],
-        acc_few=splits["few"],
-        ece=100.0 * ece,
-        mce=100.0 * mce,
-        nll=float(nll.mean()),
-        per_class_acc=pca,
-        reliability=reliability_bins(conf, correct, n_bins=n_bins),
-        num_samples=n,
-        classwise_ece=100.0 * classwise,
-        adaptive_ece=100.0 * adaptive_ece(conf, correct, n_bins=n_bins),
-        brier=brier_sum / n,
-        ece_many=_percent(s_ece["many"]),
-        ece_medium=_percent(s_ece["medium"]),
-        ece_few=_percent(s_ece["few"]),
-        confidence_quantiles=confidence_by_split(conf, labels, counts, split_rule=e.split_rule),
-        samples=SampleOutcomes(label=labels.astype(np.int64), correct=correct, confidence=conf, nll=nll),
-    )
+    """Every field from the N-vectors and the sums, assembled as :func:`mislas.metrics.evaluate_logits` does."""
+    return result_from_outcomes(labels, conf, preds, counts, k, n_bins=e.n_bins, split_rule=e.split_rule,
+                                nll_mean=float(nll.mean()), sample_nll=nll, classwise=classwise,
+                                brier=brier_sum / int(labels.shape[0]))

@@ -151,13 +151,27 @@ def evaluate_logits(
     conf = conf_t.double().cpu().numpy()
     preds = pred_t.cpu().numpy()
     labels_np = lb.cpu().numpy()
-    correct = preds == labels_np
-    n, k = int(labels_np.shape[0]), int(work.shape[1])
     classwise, brier = _full_softmax_metrics(work, labels_np, n_bins)
+    return result_from_outcomes(labels_np, conf, preds, counts, int(work.shape[1]), n_bins=n_bins,
+                                split_rule=split_rule, nll_mean=nll(work, lb), sample_nll=_sample_nll(work, lb),
+                                classwise=classwise, brier=brier)
+
+
+def result_from_outcomes(labels: np.ndarray, conf: np.ndarray, preds: np.ndarray, counts: np.ndarray, k: int, *,
+                         n_bins: int, split_rule: SplitRule, nll_mean: float, sample_nll: np.ndarray,
+                         classwise: float, brier: float) -> EvalResult:
+    """Every field of an :class:`EvalResult` from the per-sample outcomes and the full-softmax sums.
+
+    The one place the fields are assembled: :func:`evaluate_logits` (from the logits) and the
+    streaming evaluation (:mod:`mislas.stream_metrics`, from per-batch sums) both end here.
+    ``classwise`` and ``brier`` are fractions (classwise ECE, mean Brier), ``nll_mean`` in nats.
+    """
+    n = int(labels.shape[0])
+    correct = preds == labels
     ece, mce = ece_mce(conf, correct, n_bins=n_bins)
-    pca = 100.0 * per_class_accuracy(preds, labels_np, k)
+    pca = 100.0 * per_class_accuracy(preds, labels, k)
     splits = split_accuracy(pca, counts, split_rule=split_rule)
-    s_ece = split_ece(conf, correct, labels_np, counts, n_bins=n_bins, split_rule=split_rule)
+    s_ece = split_ece(conf, correct, labels, counts, n_bins=n_bins, split_rule=split_rule)
     return EvalResult(
         acc=100.0 * float(correct.mean()),
         acc_many=splits["many"],
@@ -165,7 +179,7 @@ def evaluate_logits(
         acc_few=splits["few"],
         ece=100.0 * ece,
         mce=100.0 * mce,
-        nll=nll(work, lb),
+        nll=nll_mean,
         per_class_acc=pca,
         reliability=reliability_bins(conf, correct, n_bins=n_bins),
         num_samples=n,
@@ -175,7 +189,6 @@ def evaluate_logits(
         ece_many=_percent(s_ece["many"]),
         ece_medium=_percent(s_ece["medium"]),
         ece_few=_percent(s_ece["few"]),
-        confidence_quantiles=confidence_by_split(conf, labels_np, counts, split_rule=split_rule),
-        samples=SampleOutcomes(label=labels_np.astype(np.int64), correct=correct, confidence=conf,
-                               nll=_sample_nll(work, lb)),
+        confidence_quantiles=confidence_by_split(conf, labels, counts, split_rule=split_rule),
+        samples=SampleOutcomes(label=labels.astype(np.int64), correct=correct, confidence=conf, nll=sample_nll),
     )
