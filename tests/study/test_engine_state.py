@@ -184,3 +184,38 @@ def test_the_engine_resumed_through_a_pointer_ends_where_an_uninterrupted_run_en
         sa, sb = a.model.classifier.state_dict(), b.model.classifier.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
         assert [r.train_loss for r in a.epochs] == [r.train_loss for r in b.epochs]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_hostile_state_file_behind_the_pointer_is_refused_and_runs_nothing(tmp_path: Path, tiny: LTData) -> None:
+    """A shared study folder whose engine file was replaced by a pickle that runs code: the resumed
+    trial's engine refuses it (one line naming the file and the global) and the code never runs."""
+    from mislas.safe_load import UnsafeFileError
+    from tests.mislas.hostile import SYSTEM, plant
+
+    model = train_stage1(tiny, tiny_cfg(), device=CPU, progress=False).model
+    cfgs = [tiny_cfg(eps_1=0.3, epochs=2)]
+    location, reported = str(tmp_path / "study"), tmp_path / "work"
+    reported.mkdir()
+    first = EngineState(location, "t1", tmp_path / "scratch")
+    first.start(reported)
+
+    def report_then_die(i: int, rec: EpochRecord) -> None:
+        first.publish(rec.epoch, reported)
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        train_subgroups(tiny, model, cfgs, device=CPU, checkpoint_dir=first.work, on_epoch=report_then_die,
+                        progress=False)
+    named = json.loads((reported / POINTER).read_text())["files"]
+    assert list(named.values()) == ["sub0-e1.pt"]
+    marker = tmp_path / "marker"
+    stored = tmp_path / "study" / "engine" / "t1" / "sub0-e1.pt"
+    plant(stored, marker, kind="stage2")
+    again = EngineState(location, "t1", tmp_path / "scratch")
+    again.start(reported)
+    with pytest.raises(UnsafeFileError) as info:
+        train_subgroups(tiny, model, cfgs, device=CPU, checkpoint_dir=again.work, progress=False)
+    line = str(info.value)
+    assert "\n" not in line and SYSTEM in line and "stage2.pt" in line
+    assert not marker.exists()
