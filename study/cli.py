@@ -120,10 +120,8 @@ def study_name(text: str) -> str:
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser of ``python -m study.run``."""
-    p = UsageParser(prog="python -m study.run",
-                    description="The Ray Tune + Optuna study of MiSLAS's Stage-2 knobs (and its baselines).")
+def _search_arguments(p: argparse.ArgumentParser) -> None:
+    """What is searched: data sets, trials, spaces, objectives and grouping."""
     p.add_argument("--dataset", action="append", required=True, choices=list(DATASETS), metavar="D",
                    help=f"data set to study (repeatable): {', '.join(DATASETS)}")
     p.add_argument("--trials", type=integer(0), default=16, help="MiSLAS settings searched per data set (default 16)")
@@ -137,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=integer(1), default=1, metavar="G",
                    help="MiSLAS settings per Tune trial, trained together on one backbone pass per Stage-2 batch, "
                         "each its own row and Optuna trial (default 1); needs --scheduler fifo, the default then")
+
+
+def _cluster_arguments(p: argparse.ArgumentParser) -> None:
+    """Where trials run: resources per trial, storage, the study's name, the cluster."""
     p.add_argument("--gpus-per-trial", type=number(0.0), default=None,
                    help="GPUs per trial, fractions allowed (default 1 if the cluster has GPUs, else 0 = CPU)")
     p.add_argument("--cpus-per-trial", type=number(0.0, strict=True), default=1.0, help="CPUs per trial (default 1)")
@@ -151,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-for-resources", type=number(0.0), default=0.0, metavar="SECONDS",
                    help="a joined cluster without the CPUs/GPUs a trial asks for: ask its autoscaler for them and "
                         "wait up to SECONDS (default 0: refused at once, as the in-process Ray always is)")
+
+
+def _trial_arguments(p: argparse.ArgumentParser) -> None:
+    """Which trials beside the search: the budget, seeds, baselines, ablation, confirmation."""
     p.add_argument("--budget", choices=PRESETS, default="paper",
                    help="paper (Table 6), reference (the reference code's config files: differs from Table 6 only in "
                         "iNaturalist's Stage 2, docs/method.md) or smoke (a small CPU budget)")
@@ -170,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the search of a data set, rerun the setting best on validation (highest mean val "
                         "acc, then lowest val ECE) once on every --seeds seed (fixed trials, variant "
                         "'best_on_val'): the report's 'MiSLAS (best tuned)' row then averages those seeds")
+
+
+def _stage1_and_data_arguments(p: argparse.ArgumentParser) -> None:
+    """Stage 1 (given or trained, and how) and the data."""
     p.add_argument("--stage1-checkpoint", action="append", default=[], metavar="[DATASET=]PATH",
                    help="use this finished Stage 1 (ours, or the MiSLAS reference's released file) for every trial "
                         "of the data set instead of training one (repeatable, one per data set; DATASET= may be "
@@ -184,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imb-factor", type=number(1.0), default=None, help="β for CIFAR/Fashion-MNIST-LT (default 100)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a mislas config field for every trial, e.g. stage2.epochs=5 (repeatable)")
+
+
+def _scheduling_arguments(p: argparse.ArgumentParser) -> None:
+    """The scheduler, retries, the in-process Ray, the sampler, progress and trackers."""
     p.add_argument("--grace-period", type=integer(1), default=1,
                    help="ASHA: Stage-2 epochs before a trial may be stopped (default 1)")
     p.add_argument("--reduction-factor", type=number(1.0, strict=True), default=3.0,
@@ -197,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also log every trial to tensorboard, mlflow and/or wandb (comma separated; Ray Tune's "
                         "logger callbacks; pip install \".[tracking]\" from the repository); MLflow: $MLFLOW_TRACKING_URI "
                         "or <storage>/<name>/mlflow.db; W&B: $WANDB_PROJECT / $WANDB_MODE=offline")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of ``python -m study.run``."""
+    p = UsageParser(prog="python -m study.run",
+                    description="The Ray Tune + Optuna study of MiSLAS's Stage-2 knobs (and its baselines).")
+    _search_arguments(p)
+    _cluster_arguments(p)
+    _trial_arguments(p)
+    _stage1_and_data_arguments(p)
+    _scheduling_arguments(p)
     return p
 
 

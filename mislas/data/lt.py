@@ -119,6 +119,26 @@ def fingerprint(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _array_lt_options(spec: DatasetSpec, opts: LoadOptions) -> tuple[float, int, int]:
+    """β, n_max and val images per class of an in-memory LT data set (its defaults where not given)."""
+    if opts.train_list or opts.val_list or opts.test_list:
+        raise UsageError(f"train_list/val_list/test_list apply only to image-list data sets, not {spec.name}")
+    imb_opt = spec.default_imb_factor if opts.imb_factor is None else opts.imb_factor
+    assert imb_opt is not None, f"{spec.name} has no default imb_factor"
+    n_max = spec.default_n_max if opts.n_max is None else opts.n_max
+    val_per_class = spec.default_val_per_class if opts.val_per_class is None else opts.val_per_class
+    assert n_max is not None and val_per_class is not None
+    return float(imb_opt), n_max, val_per_class
+
+
+def _array_split(images: np.ndarray, labels: np.ndarray) -> ArraySplit:
+    """A split holding its own, writable uint8 copy of the images."""
+    return ArraySplit(
+        images=torch.from_numpy(np.array(images, dtype=np.uint8, order="C")),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+    )
+
+
 def build_array_lt(
     spec: DatasetSpec,
     opts: LoadOptions,
@@ -137,14 +157,7 @@ def build_array_lt(
     gets fewer val images (none for CIFAR-10/100 at the default ``n_max``); the test split is
     the official test set, untouched.
     """
-    if opts.train_list or opts.val_list or opts.test_list:
-        raise UsageError(f"train_list/val_list/test_list apply only to image-list data sets, not {spec.name}")
-    imb_opt = spec.default_imb_factor if opts.imb_factor is None else opts.imb_factor
-    assert imb_opt is not None, f"{spec.name} has no default imb_factor"
-    imb = float(imb_opt)
-    n_max = spec.default_n_max if opts.n_max is None else opts.n_max
-    val_per_class = spec.default_val_per_class if opts.val_per_class is None else opts.val_per_class
-    assert n_max is not None and val_per_class is not None
+    imb, n_max, val_per_class = _array_lt_options(spec, opts)
     k = spec.num_classes
     for what, lab in (("training", train_labels), ("test", test_labels)):
         if lab.size and (lab.min() < 0 or lab.max() >= k):
@@ -157,12 +170,6 @@ def build_array_lt(
     if opts.test_per_class is not None:  # the first N of each class, in file order
         test_idx = np.sort(np.concatenate([np.flatnonzero(test_labels == c)[: opts.test_per_class]
                                            for c in range(k)])).astype(np.int64)
-
-    def split(images: np.ndarray, labels: np.ndarray) -> ArraySplit:
-        return ArraySplit(
-            images=torch.from_numpy(np.array(images, dtype=np.uint8, order="C")),  # own, writable copy
-            labels=torch.from_numpy(labels.astype(np.int64)),
-        )
 
     fp = fingerprint(
         {
@@ -183,9 +190,9 @@ def build_array_lt(
     return LTData(
         name=spec.name,
         num_classes=k,
-        train=split(train_images[train_idx], train_labels[train_idx]),
-        val=split(train_images[val_idx], train_labels[val_idx]),
-        test=split(test_images[test_idx], test_labels[test_idx]),
+        train=_array_split(train_images[train_idx], train_labels[train_idx]),
+        val=_array_split(train_images[val_idx], train_labels[val_idx]),
+        test=_array_split(test_images[test_idx], test_labels[test_idx]),
         class_counts=tuple(int(c) for c in counts),
         image_size=spec.image_size,
         in_channels=spec.in_channels,
