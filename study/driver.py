@@ -294,6 +294,7 @@ def contexts(s: StudySettings, storage: Store, results: Store, placement: Placem
                        base_configs={d: replace(c, device=placement.device) for d, c in s.configs.items()},
                        cpus_per_trial=s.cpus_per_trial, git_commit=commit, versions=driver_versions,
                        progress=s.progress, stage1_checkpoints=dict(s.stage1_checkpoints),
+                       stage1_sha256=dict(s.stage1_sha256),
                        stage1_workers=s.stage1_workers, written=plan.reports())
     record_ctx = RecordContext(
         study=s.name, results_location=results.uri(), budget=s.budget,

@@ -74,6 +74,7 @@ class TrialContext:
     versions: dict[str, str] = field(default_factory=dict)
     progress: bool = False
     stage1_checkpoints: dict[str, str] = field(default_factory=dict)  # data set -> a given Stage 1
+    stage1_sha256: dict[str, str] = field(default_factory=dict)  # data set -> that file's sha256 (its key)
     stage1_workers: int = 1  # data-parallel processes of each Stage 1 (the phase trains them; part of the key)
     # row id -> what a trial whose rows are written reports back (study.resume.ResumePlan.reports)
     written: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -82,6 +83,17 @@ class TrialContext:
 def planned_epochs(cfg: RunConfig) -> int:
     """Return the Stage-2 epochs of the config's method (0 for the methods that do not train)."""
     return int(cfg.stage2.epochs) if cfg.stage2.method in TRAINED_METHODS else 0
+
+
+def given_stage1_key(path: str, sha256: str | None) -> str:
+    """The ``stage1_key`` of rows trained on a given Stage-1 file: its content's hash, then its path.
+
+    Two files behind one path (another backbone copied over it) give rows of different keys.
+
+    >>> given_stage1_key("/ckpt/s1.pt", "ab" * 32)
+    'given:abababababababab:/ckpt/s1.pt'
+    """
+    return f"given:{sha256[:16]}:{path}" if sha256 else f"given:{path}"
 
 
 def trial_device(wanted: str) -> torch.device:
@@ -234,7 +246,8 @@ class _TrialRun:
         if given is not None:
             t0 = time.perf_counter()
             model = load_any_stage1(Path(given), data, cfg, device)
-            entry = Stage1Entry(f"given:{given}", Path(given), {}, False, 0.0, 0.0, workers=None)
+            key = given_stage1_key(given, self.ctx.stage1_sha256.get(cfg.data.dataset))
+            entry = Stage1Entry(key, Path(given), {}, False, 0.0, 0.0, workers=None)
             return model, entry.key, entry, time.perf_counter() - t0
         cache = Stage1Cache(self.ctx.stage1_location)
         key, inputs = stage1_key(data.fingerprint, cfg, self.ctx.stage1_workers)

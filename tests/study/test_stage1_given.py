@@ -3,6 +3,7 @@ that was killed mid-phase and resumed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -64,7 +65,8 @@ def test_data_parallel_stage1_killed_resumed_then_given(tmp_path: Path) -> None:
     b = pd.read_parquet(second / "b" / "trials.parquet").set_index("method")
     # the same Stage 1, so CE (Stage 1 alone) scores the same to the last digit
     assert b.loc["ce", "test_acc"] == a.loc["ce", "test_acc"] and b.loc["ce", "test_nll"] == a.loc["ce", "test_nll"]
-    assert b.loc["ce", "stage1_key"] == f"given:{ckpt}" and not b["stage1_trained"].any()
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()  # the key names the file's content, then its path
+    assert b.loc["ce", "stage1_key"] == f"given:{sha[:16]}:{ckpt}" and not b["stage1_trained"].any()
     assert b["stage1_workers"].isna().all() and (a["stage1_workers"] == 2).all()
     assert json.loads((first / "a" / "summary.json").read_text())["timings"]["stage1_trainings"] == 1
 
@@ -80,3 +82,14 @@ def test_stage1_checkpoint_arguments_are_checked(tmp_path: Path) -> None:
                           (["--stage1-checkpoint", str(ckpt), "--ablation", "components"], "plain-Stage-1")):
         with pytest.raises(UsageError, match=needle):
             cli.parse([*base, *extra])
+
+
+def test_two_files_behind_one_path_give_rows_of_two_stage1_keys(tmp_path: Path) -> None:
+    from study.trainable import given_stage1_key
+
+    path = tmp_path / "s1.pt"
+    keys = []
+    for content in (b"backbone one", b"backbone two"):
+        path.write_bytes(content)
+        keys.append(given_stage1_key(str(path), hashlib.sha256(path.read_bytes()).hexdigest()))
+    assert keys[0] != keys[1] and all(k.startswith("given:") and k.endswith(f":{path}") for k in keys)
